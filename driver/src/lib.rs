@@ -13,3 +13,7 @@
 //! No D-Bus and no scheduling live here; that is the daemon's.
 
 pub mod io;
+pub mod card;
+pub mod emu;
+pub mod nvme;
+pub mod vfio;

@@ -1,0 +1,1 @@
+//! NVMe transport: controller bring-up, admin and I/O queue pairs, PRPs, doorbells, completions.

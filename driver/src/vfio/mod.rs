@@ -1,0 +1,1 @@
+//! The VFIO backend of `DeviceIo`: a real PCI function bound to vfio-pci.
