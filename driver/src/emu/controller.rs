@@ -174,7 +174,9 @@ fn fetch(shared: &Shared, ctrl: &mut Ctrl, qid: usize) -> Option<(vpu_sqe, Origi
     if sq.head == sq.tail {
         return None;
     }
-    let addr = sq.base + u64::from(sq.head) * u64::from(VPU_SQE_SIZE);
+    let addr = sq
+        .base
+        .wrapping_add(u64::from(sq.head) * u64::from(VPU_SQE_SIZE));
     let mut buf = [0u8; VPU_SQE_SIZE as usize];
     if let Err(f) = shared.iova.read(addr, &mut buf) {
         shared.counters.dma_faults.fetch_add(1, Ordering::Relaxed);

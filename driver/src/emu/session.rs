@@ -21,6 +21,11 @@ use super::lock;
 use super::prp::{HostSpan, Spans};
 use super::queues::Status;
 
+/// Maximum data transfer size (Identify MDTS): 2^13 pages of 4 KiB, 32 MiB.
+pub(super) const MDTS: u8 = 13;
+/// The largest transfer a command may describe, in bytes.
+pub(super) const MAX_TRANSFER: usize = 4096 << MDTS;
+
 /// Validated session parameters.
 #[derive(Debug, Clone)]
 pub(super) struct SessionParams {
@@ -111,6 +116,11 @@ impl SessionParams {
             || stride_y > 1 << 16
             || stride_uv > 1 << 16
         {
+            return Err(invalid);
+        }
+        let chroma_planes = if nv12 { 1 } else { 2 };
+        let frame_len = stride_y * usize::from(h) + chroma_planes * stride_uv * usize::from(h / 2);
+        if frame_len > MAX_TRANSFER {
             return Err(invalid);
         }
         let (bitrate, max_bitrate, qp) = (p.bitrate, p.max_bitrate, p.qp);

@@ -353,3 +353,53 @@ fn encode_errors_leave_the_card_working() {
     assert_eq!({ log.frames_out }, 3);
     assert_eq!({ log.errors }, 4);
 }
+
+/// Textured content that costs bits: a noise field scrolling diagonally.
+fn textured(p: &vpu_session_params, n: usize) -> Vec<u8> {
+    let mut f = pattern(p, n);
+    let (w, h, sy) = (
+        usize::from(p.width),
+        usize::from(p.height),
+        p.stride_y as usize,
+    );
+    for y in 0..h {
+        for x in 0..w {
+            let (sx, syy) = ((x + 2 * n) as u32, (y + n) as u32);
+            let mut v = sx.wrapping_mul(0x9e37_79b9) ^ syy.wrapping_mul(0x85eb_ca6b);
+            v ^= v >> 15;
+            v = v.wrapping_mul(0x2c1b_3c6d);
+            v ^= v >> 12;
+            f[y * sy + x] = f[y * sy + x] / 2 + (v & 0x7f) as u8;
+        }
+    }
+    f
+}
+
+#[test]
+fn cbr_bitrate_lands_near_target() {
+    let mut host = Host::new(EmuConfig::default());
+    let mut p = params(160, 96, false);
+    p.bitrate = 300_000;
+    p.fps_num = 30;
+    let session = host.create_session(&p);
+    let mut q = host.io_queue(1, 8, 1);
+    let out = host.io.alloc_dma(1 << 20).unwrap();
+    let frames = 300; // 10 s
+    let mut bytes = 0u64;
+    let frame = Frame::new(&host, &textured(&p, 0));
+    for n in 0..frames {
+        assert!(frame.data.write(0, &textured(&p, n)));
+        q.submit(&host.io, encode_cmd(session, &frame, &out, 1 << 20, 0));
+        let cqe = q.wait(&host.io, TIMEOUT).unwrap();
+        assert_eq!(status(&cqe), OK);
+        assert_ne!(cqe.dw1 & VPU_FRAME_TYPE_MASK, VPU_FRAME_TYPE_SKIPPED);
+        bytes += u64::from(cqe.dw0);
+    }
+    let bitrate = bytes as f64 * 8.0 / 10.0;
+    let error = (bitrate - 300_000.0).abs() / 300_000.0;
+    assert!(
+        error <= 0.10,
+        "bitrate {bitrate:.0} b/s, {:.1} % off",
+        error * 100.0
+    );
+}
