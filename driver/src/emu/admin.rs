@@ -18,7 +18,7 @@ use super::session::{Session, SessionParams};
 const AER_LIMIT: usize = 4;
 /// Maximum data transfer: 2^MDTS pages of CAP.MPSMIN (32 MiB), what the largest frame
 /// with generous strides needs.
-const MDTS: u8 = super::session::MDTS;
+const MDTS: u8 = super::params::MDTS;
 /// NVMe status: Asynchronous Event Request Limit Exceeded (SCT 1).
 const SC_AER_LIMIT: u32 = 0x05;
 
@@ -284,7 +284,8 @@ fn get_log(shared: &Shared, ctrl: &Ctrl, sqe: &vpu_sqe) -> Option<Done> {
     let lid = sqe.cdw10 & 0xff;
     let numd = ((sqe.cdw10 >> VPU_LOG_NUMDL_SHIFT) | ((sqe.cdw11 & 0xffff) << 16)) as usize + 1;
     let len = numd * 4;
-    if len > super::session::MAX_TRANSFER {
+    // Log page offsets (CDW12-13) are not supported (Identify LPA clear).
+    if len > super::params::MAX_TRANSFER || sqe.cdw12 != 0 || sqe.cdw13 != 0 {
         return invalid_field();
     }
     let lsi = sqe.cdw11 >> VPU_LOG_LSI_SHIFT;

@@ -23,6 +23,7 @@ mod dma;
 mod engine;
 mod fault;
 mod io_cmd;
+mod params;
 mod pci;
 mod prp;
 mod queues;

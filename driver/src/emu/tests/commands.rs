@@ -328,3 +328,39 @@ fn prp_lists_chain_across_list_pages() {
         Some(prp::PrpError::InvalidOffset)
     );
 }
+
+#[test]
+fn log_pages_honour_numd() {
+    let mut host = Host::new(EmuConfig::default());
+    let buf = host.io.alloc_dma(4096).unwrap();
+    assert!(buf.write(0, &[0xaa; 4096]));
+    // NUMD = 3: 16 bytes of the engine log, nothing more.
+    let mut c = cmd(VPU_ADMIN_GET_LOG_PAGE);
+    c.prp1 = buf.iova();
+    c.cdw10 = VPU_LOG_ENGINE | (3 << VPU_LOG_NUMDL_SHIFT);
+    assert_eq!(status(&host.admin(c)), OK);
+    let mut raw = [0u8; 32];
+    assert!(buf.read(0, &mut raw));
+    assert_eq!(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]), 2);
+    assert_eq!(&raw[4..16], &[0; 12]);
+    assert_eq!(&raw[16..32], &[0xaa; 16]);
+    // Past the end of the page: zero filled.
+    let (cqe, big) = host.log(VPU_LOG_ENGINE, 0, 2048);
+    assert_eq!(status(&cqe), OK);
+    let mut tail = [0xffu8; 64];
+    assert!(big.read(1984, &mut tail));
+    assert_eq!(tail, [0; 64]);
+    // Unknown log pages, unknown sessions, offsets.
+    let (cqe, _) = host.log(0x55, 0, 64);
+    assert_eq!(
+        status(&cqe),
+        (VPU_SCT_COMMAND_SPECIFIC, VPU_SC_INVALID_LOG_PAGE)
+    );
+    let (cqe, _) = host.log(VPU_LOG_SESSION, 42, 64);
+    assert_eq!(status(&cqe), (VPU_SCT_VENDOR, VPU_SC_SESSION_NOT_FOUND));
+    c.cdw12 = 8;
+    assert_eq!(
+        status(&host.admin(c)),
+        (VPU_SCT_GENERIC, VPU_SC_INVALID_FIELD)
+    );
+}

@@ -403,3 +403,52 @@ fn cbr_bitrate_lands_near_target() {
         error * 100.0
     );
 }
+
+#[test]
+fn many_sessions_and_queues_in_flight() {
+    let mut host = Host::new(EmuConfig::default());
+    let mut p = params(96, 64, false);
+    let mut sessions = Vec::new();
+    for i in 0..4 {
+        p.rate_control = if i % 2 == 0 { VPU_RC_VBR } else { VPU_RC_CBR } as u8;
+        p.max_bitrate = if i % 2 == 0 { 2_000_000 } else { 0 };
+        sessions.push(host.create_session(&p));
+    }
+    let mut queues = [host.io_queue(1, 16, 1), host.io_queue(2, 16, 2)];
+    let frame = Frame::new(&host, &pattern(&p, 3));
+    let outs: Vec<DmaBuffer> = (0..8)
+        .map(|_| host.io.alloc_dma(1 << 16).unwrap())
+        .collect();
+    let mut pending = [Vec::new(), Vec::new()];
+    for round in 0..5 {
+        for (i, &s) in sessions.iter().enumerate() {
+            let qi = i % 2;
+            let out = &outs[i * 2 + round % 2];
+            let cid = queues[qi].submit(&host.io, encode_cmd(s, &frame, out, 1 << 16, 0));
+            pending[qi].push(cid);
+        }
+        for qi in 0..2 {
+            for _ in 0..2 {
+                let cqe = queues[qi].wait(&host.io, TIMEOUT).expect("completion");
+                assert_eq!(status(&cqe), OK);
+                assert_eq!({ cqe.sq_id }, qi as u16 + 1);
+                let at = pending[qi]
+                    .iter()
+                    .position(|&c| c == cqe.cid)
+                    .expect("a cid in flight");
+                pending[qi].remove(at);
+            }
+        }
+    }
+    // Each completion queue raised its own vector.
+    assert!(host.irqs[1].read().unwrap() >= 1);
+    assert!(host.irqs[2].read().unwrap() >= 1);
+    let (_, log) = host.log(VPU_LOG_ENGINE, 0, 1088);
+    let mut raw = vec![0u8; 1088];
+    assert!(log.read(0, &mut raw));
+    let log: vpu_engine_log = from_bytes(&raw);
+    // Sessions spread over both engines.
+    assert_eq!({ log.engine[0].sessions }, 2);
+    assert_eq!({ log.engine[1].sessions }, 2);
+    assert_eq!({ log.engine[0].frames } + { log.engine[1].frames }, 20);
+}
