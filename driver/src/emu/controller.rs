@@ -234,6 +234,9 @@ pub(super) fn run(shared: Arc<Shared>) {
         let busy = can_process(&shared, &ctrl) && process(&shared, &mut ctrl);
         queues::flush_interrupts(&shared, &mut ctrl);
         if busy {
+            // Let register accesses and engine completions in between bursts.
+            drop(ctrl);
+            ctrl = lock(&shared.ctrl);
             continue;
         }
         let wait = match ctrl.ready_at {

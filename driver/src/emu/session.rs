@@ -1,4 +1,4 @@
-//! Encode sessions: validated parameters and the persistent `openh264` encoder of each.
+//! Encode sessions: the persistent `openh264` encoder of each, and Encode Frame.
 //!
 //! The input frame is read straight from the host's DMA memory: the planes are slices of
 //! the mapped region, handed to the encoder as a `YUVSource` with the session's strides.

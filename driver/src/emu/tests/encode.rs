@@ -349,7 +349,8 @@ fn encode_errors_leave_the_card_working() {
     let mut raw = [0u8; 64];
     assert!(log.read(0, &mut raw));
     let log: vpu_session_log = from_bytes(&raw);
-    assert_eq!({ log.frames_in }, 7);
+    // Accepted: the too-small output, its retry and the two before the flush.
+    assert_eq!({ log.frames_in }, 4);
     assert_eq!({ log.frames_out }, 3);
     assert_eq!({ log.errors }, 4);
 }
