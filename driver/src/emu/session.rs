@@ -111,14 +111,50 @@ impl YUVSource for Planes<'_> {
 }
 
 fn new_encoder(params: &SessionParams, bitrate: u32, fps: f32) -> Result<Encoder, Status> {
-    Encoder::with_api_config(
+    let mut encoder = Encoder::with_api_config(
         OpenH264API::from_source(),
         params.encoder_config(bitrate, fps),
     )
     .map_err(|e| {
         tracing::error!(error = %e, "creating the encoder failed");
         Status::generic(VPU_SC_INTERNAL_ERROR)
-    })
+    })?;
+    route_log(&mut encoder);
+    Ok(encoder)
+}
+
+/// Receives openh264's log messages (instead of its default, stderr).
+unsafe extern "C" fn encoder_log(
+    _ctx: *mut std::ffi::c_void,
+    level: std::ffi::c_int,
+    message: *const std::ffi::c_char,
+) {
+    if message.is_null() {
+        return;
+    }
+    // SAFETY: openh264 passes a NUL-terminated message that lives for the call.
+    let message = unsafe { std::ffi::CStr::from_ptr(message) }.to_string_lossy();
+    tracing::debug!(target: "openh264", level, "{}", message.trim_end());
+}
+
+/// Sends the encoder's log messages to `tracing` (the one at initialisation warns that
+/// rate control is weaker without frame skipping, which the card turns off on purpose).
+fn route_log(encoder: &mut Encoder) {
+    let mut callback: openh264_sys2::WelsTraceCallback = Some(encoder_log);
+    // SAFETY: only the trace callback is set, an option openh264 accepts before
+    // initialisation; the wrapper relies on no logging behaviour.
+    let api = unsafe { encoder.raw_api() };
+    // SAFETY: SetOption copies the function pointer out of `callback`, which lives on
+    // this stack frame for the call; `encoder_log` is valid for the program's lifetime.
+    let rc = unsafe {
+        api.set_option(
+            openh264_sys2::ENCODER_OPTION_TRACE_CALLBACK,
+            (&mut callback as *mut openh264_sys2::WelsTraceCallback).cast(),
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(rc, "routing openh264's log failed; it logs to stderr");
+    }
 }
 
 impl Session {
