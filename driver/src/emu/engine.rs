@@ -264,7 +264,17 @@ pub(super) fn run(shared: Arc<Shared>, engine: Arc<Engine>) {
                     .state
                     .store(VPU_ENGINE_STATE_BUSY as u8, Ordering::Relaxed);
                 let start = Instant::now();
-                let result = job.session.encode(&e.input, &e.output, e.force_idr);
+                let generation = job.origin.generation;
+                let may_write = || {
+                    let ctrl = lock(&shared.ctrl);
+                    let live = ctrl.generation == generation
+                        && shared.bus_master()
+                        && !shared.removed.load(Ordering::Acquire);
+                    live.then_some(ctrl)
+                };
+                let result = job
+                    .session
+                    .encode(&e.input, &e.output, e.force_idr, may_write);
                 let worked = start.elapsed();
                 // Pacing holds the frame for the declared rate; a slow engine takes
                 // `factor` times as long as it otherwise would.

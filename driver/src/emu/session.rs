@@ -223,12 +223,13 @@ impl Session {
 
     /// Encodes one frame from `input` into `output`. On OUTPUT_TOO_SMALL nothing is
     /// written and the next frame is coded as an IDR, so a retry keeps the stream
-    /// decodable.
-    pub fn encode(
+    /// decodable. The bitstream is written only while `may_write` grants it.
+    pub fn encode<G>(
         &self,
         input: &Spans,
         output: &HostSpan,
         force_idr: bool,
+        may_write: impl FnOnce() -> Option<G>,
     ) -> Result<Encoded, Status> {
         let mut guard = lock(&self.codec);
         let forced = self.apply_pending(&mut guard)?;
@@ -347,6 +348,12 @@ impl Session {
             *idr_next = true;
             return Err(Status::vendor(VPU_SC_OUTPUT_TOO_SMALL));
         }
+        // The device may still write host memory (no reset, removal or BME clear since the
+        // command was fetched); held while writing so a reset cannot interleave.
+        let Some(_permit) = may_write() else {
+            *idr_next = true;
+            return Err(dma);
+        };
         let mut pos = output.offset;
         for l in 0..bitstream.num_layers() {
             if let Some(layer) = bitstream.layer(l) {
