@@ -180,7 +180,7 @@ fn hang_engine_with_duration_recovers() {
     host.card
         .inject(Fault::HangEngine {
             engine: None,
-            duration: Some(Duration::from_millis(300)),
+            duration: Some(Duration::from_millis(1000)),
         })
         .unwrap();
     q.submit(&host.io, encode_cmd(session, &frame, &out, 1 << 16, 0));

@@ -34,6 +34,11 @@ fn dropping_the_card_stops_its_threads() {
         ..EmuConfig::with_index(201)
     };
     let mut host = Host::new(config);
+    // A new thread names itself once it runs.
+    let deadline = Instant::now() + TIMEOUT;
+    while card_threads("emu201-") < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     assert_eq!(card_threads("emu201-"), 4);
     // Work queued on a hung engine does not keep the thread alive.
     let p = params(64, 64, false);
