@@ -328,15 +328,31 @@ fn get_log(shared: &Shared, ctrl: &Ctrl, sqe: &vpu_sqe) -> Option<Done> {
             };
             Some(send_log(shared, ctrl, sqe, &log, len))
         }
+        VPU_LOG_ERROR => {
+            let entry = ctrl.last_error.map(|e| e.to_bytes()).unwrap_or([0; 64]);
+            Some(send_bytes(shared, ctrl, sqe, &entry, len))
+        }
         _ => Some(Done::err(Status::specific(VPU_SC_INVALID_LOG_PAGE))),
     }
 }
 
 /// Transfers `len` bytes of a log page: the page, then zeros when more was asked for.
 fn send_log<T: Pod>(shared: &Shared, ctrl: &Ctrl, sqe: &vpu_sqe, log: &T, len: usize) -> Done {
-    let bytes = as_bytes(log);
+    send_bytes(shared, ctrl, sqe, as_bytes(log), len)
+}
+
+fn send_bytes(shared: &Shared, ctrl: &Ctrl, sqe: &vpu_sqe, bytes: &[u8], len: usize) -> Done {
     if len <= bytes.len() {
-        return send(shared, ctrl, sqe, log, len);
+        return match prp::write(
+            &shared.iova,
+            sqe.prp1,
+            sqe.prp2,
+            ctrl.page_size(),
+            &bytes[..len],
+        ) {
+            Ok(()) => Done::ok(0),
+            Err(e) => Done::err(prp_status(e, shared)),
+        };
     }
     let mut buf = bytes.to_vec();
     buf.resize(len, 0);

@@ -6,13 +6,15 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
-use vpu_ffi::{vpu_sqe, VPU_CC_MPS_MASK, VPU_CC_MPS_SHIFT, VPU_SQE_SIZE};
+use vpu_ffi::{
+    vpu_sqe, VPU_CC_MPS_MASK, VPU_CC_MPS_SHIFT, VPU_SC_DATA_TRANSFER_ERROR, VPU_SQE_SIZE,
+};
 
 use super::config::EmuConfig;
 use super::dma::{from_bytes, IovaTable};
 use super::engine::Engine;
 use super::pci::PciConfig;
-use super::queues::{self, CompQueue, Origin, SubQueue};
+use super::queues::{self, CompQueue, Origin, Status, SubQueue};
 use super::session::Session;
 use super::{admin, io_cmd, lock};
 
@@ -115,6 +117,9 @@ pub(super) struct Ctrl {
     pub events: VecDeque<u32>,
     /// Interrupt vectors with completions not yet signalled.
     pub irq_pending: u64,
+    /// The latest Error Information log entry (Identify ELPE = 0: one entry kept).
+    pub last_error: Option<ErrorEntry>,
+    pub error_count: u64,
     rr: usize,
 }
 
@@ -139,6 +144,8 @@ impl Ctrl {
             aers: Vec::new(),
             events: VecDeque::new(),
             irq_pending: 0,
+            last_error: None,
+            error_count: 0,
             rr: 1,
         }
     }
@@ -152,10 +159,45 @@ impl Ctrl {
         self.ready_at.is_some_and(|t| Instant::now() >= t)
     }
 
+    /// Records an error in the Error Information log page. `sqid`/`cid` are 0xffff when
+    /// the error belongs to no command.
+    pub fn log_error(&mut self, sqid: u16, cid: u16, status: Status) {
+        self.error_count += 1;
+        self.last_error = Some(ErrorEntry {
+            count: self.error_count,
+            sqid,
+            cid,
+            status,
+        });
+    }
+
     pub fn serial(&mut self) -> u64 {
         let s = self.next_serial;
         self.next_serial += 1;
         s
+    }
+}
+
+/// One entry of the Error Information log page (NVMe 1.4 section 5.14.1.1).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ErrorEntry {
+    pub count: u64,
+    pub sqid: u16,
+    pub cid: u16,
+    pub status: Status,
+}
+
+impl ErrorEntry {
+    /// The 64-byte entry: error count, SQ id, command id, status field (phase bit 0),
+    /// parameter error location (none: 0xffff), the rest zero.
+    pub fn to_bytes(self) -> [u8; 64] {
+        let mut b = [0u8; 64];
+        b[0..8].copy_from_slice(&self.count.to_le_bytes());
+        b[8..10].copy_from_slice(&self.sqid.to_le_bytes());
+        b[10..12].copy_from_slice(&self.cid.to_le_bytes());
+        b[12..14].copy_from_slice(&self.status.0.to_le_bytes());
+        b[14..16].copy_from_slice(&u16::MAX.to_le_bytes());
+        b
     }
 }
 
@@ -216,6 +258,9 @@ fn process(shared: &Shared, ctrl: &mut Ctrl) -> bool {
                 io_cmd::execute(shared, ctrl, &sqe, origin)
             };
             if let Some(done) = outcome {
+                if done.status == Status::generic(VPU_SC_DATA_TRANSFER_ERROR) {
+                    ctrl.log_error(origin.sqid, origin.cid, done.status);
+                }
                 queues::post(shared, ctrl, origin, done);
             }
         }

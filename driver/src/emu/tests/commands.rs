@@ -210,6 +210,13 @@ fn invalid_doorbells_are_ignored_and_reported() {
     // Admin SQ tail beyond its 16 entries.
     host.io.write32(0, u64::from(VPU_REG_DBS), 200).unwrap();
     assert_eq!(host.card.counters().doorbell_errors, 2);
+    // The error log holds the latest: no command (0xffff), error count 2.
+    let (cqe, log) = host.log(VPU_LOG_ERROR, 0, 64);
+    assert_eq!(status(&cqe), OK);
+    let mut e = [0u8; 16];
+    assert!(log.read(0, &mut e));
+    assert_eq!(u64::from_le_bytes(e[0..8].try_into().unwrap()), 2);
+    assert_eq!(&e[8..12], &[0xff; 4]);
     // The controller keeps working.
     let mut c = cmd(VPU_ADMIN_GET_FEATURES);
     c.cdw10 = VPU_FEATURE_NUMBER_OF_QUEUES;
@@ -247,6 +254,15 @@ fn unmapped_iova_is_a_data_transfer_error() {
         (VPU_SCT_GENERIC, VPU_SC_DATA_TRANSFER_ERROR)
     );
     assert_eq!(host.card.counters().dma_faults, 3);
+    let cid = host.admin.next_cid.wrapping_sub(1);
+    let (cqe, log) = host.log(VPU_LOG_ERROR, 0, 64);
+    assert_eq!(status(&cqe), OK);
+    let mut e = [0u8; 16];
+    assert!(log.read(0, &mut e));
+    assert_eq!(u16::from_le_bytes([e[8], e[9]]), 0, "admin queue");
+    assert_eq!(u16::from_le_bytes([e[10], e[11]]), cid);
+    let sc = (u32::from(u16::from_le_bytes([e[12], e[13]])) >> VPU_CQE_SC_SHIFT) & VPU_CQE_SC_MASK;
+    assert_eq!(sc, VPU_SC_DATA_TRANSFER_ERROR);
     // The next command succeeds.
     let buf = host.io.alloc_dma(4096).unwrap();
     c.prp1 = buf.iova();
