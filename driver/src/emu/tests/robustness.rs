@@ -171,3 +171,36 @@ fn random_host_writes_never_break_the_card() {
     q.submit(&host.io, cmd(VPU_IO_NOP));
     assert_eq!(status(&q.wait(&host.io, TIMEOUT).unwrap()), OK);
 }
+
+#[test]
+fn resets_racing_encodes_leave_a_working_card() {
+    let mut host = Host::new(EmuConfig::default());
+    let p = params(64, 64, false);
+    let frame = Frame::new(&host, &pattern(&p, 1));
+    let out = host.io.alloc_dma(1 << 16).unwrap();
+    for round in 0..6 {
+        let sessions = [host.create_session(&p), host.create_session(&p)];
+        let mut queues = [host.io_queue(1, 8, 1), host.io_queue(2, 8, 2)];
+        for i in 0..12 {
+            let q = &mut queues[i % 2];
+            q.submit(
+                &host.io,
+                encode_cmd(sessions[i % 2], &frame, &out, 1 << 16, 0),
+            );
+        }
+        // Alternate the two kinds of reset, at varying points of the work.
+        std::thread::sleep(Duration::from_millis(round * 3));
+        if round % 2 == 0 {
+            host.io.reset().unwrap();
+        } else {
+            host.io.write32(0, u64::from(VPU_REG_CC), 0).unwrap();
+            assert!(wait_ready(&host.io, false));
+        }
+        host.enable();
+    }
+    let session = host.create_session(&p);
+    let mut q = host.io_queue(1, 8, 1);
+    q.submit(&host.io, encode_cmd(session, &frame, &out, 1 << 16, 0));
+    assert_eq!(status(&q.wait(&host.io, TIMEOUT).unwrap()), OK);
+    assert_eq!(host.card.counters().fatal_errors, 0);
+}
