@@ -453,3 +453,42 @@ fn many_sessions_and_queues_in_flight() {
     assert_eq!({ log.engine[1].sessions }, 2);
     assert_eq!({ log.engine[0].frames } + { log.engine[1].frames }, 20);
 }
+
+#[test]
+fn reconfigured_bitrate_takes_effect() {
+    let mut host = Host::new(EmuConfig::default());
+    let mut p = params(160, 96, false);
+    p.bitrate = 600_000;
+    let session = host.create_session(&p);
+    let mut q = host.io_queue(1, 8, 1);
+    let out = host.io.alloc_dma(1 << 20).unwrap();
+    let frame = Frame::new(&host, &textured(&p, 0));
+    let mut run = |host: &mut Host, from: usize| -> u64 {
+        let mut bytes = 0;
+        for n in from..from + 90 {
+            assert!(frame.data.write(0, &textured(&p, n)));
+            q.submit(&host.io, encode_cmd(session, &frame, &out, 1 << 20, 0));
+            let cqe = q.wait(&host.io, TIMEOUT).unwrap();
+            assert_eq!(status(&cqe), OK);
+            // Skip the first 30 frames of each half while rate control settles.
+            if n >= from + 30 {
+                bytes += u64::from(cqe.dw0);
+            }
+        }
+        bytes
+    };
+    let before = run(&mut host, 0);
+    let mut c = cmd(VPU_ADMIN_RECONFIGURE_SESSION);
+    c.cdw10 = session;
+    c.cdw11 = VPU_RECONFIG_BITRATE;
+    c.cdw12 = 150_000;
+    assert_eq!(status(&host.admin(c)), OK);
+    let after = run(&mut host, 90);
+    // 60 frames at 30 fps: 2 s each.
+    let (b, a) = (before as f64 * 8.0 / 2.0, after as f64 * 8.0 / 2.0);
+    assert!(a < b / 2.0, "bitrate {b:.0} -> {a:.0} b/s");
+    assert!(
+        (a - 150_000.0).abs() / 150_000.0 < 0.25,
+        "after reconfiguring: {a:.0} b/s"
+    );
+}
