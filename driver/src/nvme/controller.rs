@@ -24,7 +24,7 @@ use vpu_ffi::{
 
 use crate::io::{DeviceIo, DeviceIoExt, DmaBuffer, IoError};
 
-use super::command::{Command, Completion};
+use super::command::{read_struct, Command, Completion};
 use super::error::NvmeError;
 use super::metrics::NvmeMetrics;
 use super::prp::PrpPagePool;
@@ -254,6 +254,13 @@ impl Controller {
     /// Whether completions are polled rather than signalled.
     pub fn polling(&self) -> bool {
         self.opts.polling
+    }
+
+    fn short_identify(&self) -> NvmeError {
+        NvmeError::Unsupported {
+            device: self.device.clone(),
+            reason: "identify data shorter than its structure".into(),
+        }
     }
 
     fn reg_err(&self, source: IoError) -> NvmeError {
@@ -676,7 +683,9 @@ impl Controller {
     /// Identify Controller (CNS 01h).
     pub async fn identify_controller(&self) -> Result<Box<vpu_identify_controller>, NvmeError> {
         let bytes = self.identify(VPU_IDENTIFY_CNS_CONTROLLER, 0).await?;
-        Ok(Box::new(from_bytes::<vpu_identify_controller>(&bytes)))
+        read_struct::<vpu_identify_controller>(&bytes)
+            .map(Box::new)
+            .ok_or_else(|| self.short_identify())
     }
 
     /// Identify Namespace (CNS 00h) of `nsid`.
@@ -685,7 +694,9 @@ impl Controller {
         nsid: u32,
     ) -> Result<Box<vpu_identify_namespace>, NvmeError> {
         let bytes = self.identify(VPU_IDENTIFY_CNS_NAMESPACE, nsid).await?;
-        Ok(Box::new(from_bytes::<vpu_identify_namespace>(&bytes)))
+        read_struct::<vpu_identify_namespace>(&bytes)
+            .map(Box::new)
+            .ok_or_else(|| self.short_identify())
     }
 
     /// NVM Read of `blocks` logical blocks from `slba` into `buffer[offset..offset+len]`.
@@ -894,15 +905,4 @@ impl Drop for Controller {
         }
         active.kill(released);
     }
-}
-
-/// Copies a device-written structure out of its bytes.
-fn from_bytes<T: Copy>(bytes: &[u8]) -> T {
-    assert!(
-        bytes.len() >= std::mem::size_of::<T>(),
-        "identify buffer too short"
-    );
-    // SAFETY: `bytes` holds at least size_of::<T>() bytes (checked) and T is a packed
-    // plain-data structure of integers and byte arrays, valid for any bit pattern.
-    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
 }

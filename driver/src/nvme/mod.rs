@@ -24,6 +24,7 @@ mod queue;
 mod queue_tests;
 mod registers;
 
+pub(crate) use command::read_struct;
 pub use command::{Command, Completion, Status, VendorStatus};
 pub use controller::{Controller, ControllerOptions};
 pub use error::{NvmeError, ProtocolViolation};
