@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::sync::oneshot::error::TryRecvError;
 use tokio::task::JoinHandle;
 use vmm_sys_util::eventfd::EventFd;
 use vpu_ffi::{
@@ -547,18 +546,12 @@ impl Controller {
             queue: q.qid,
         };
         let wait = async {
-            if polling {
-                loop {
-                    q.process_completions();
-                    match rx.try_recv() {
-                        Ok(r) => return r,
-                        Err(TryRecvError::Empty) => tokio::task::yield_now().await,
-                        Err(TryRecvError::Closed) => return Err(reset()),
-                    }
-                }
+            let result = if polling {
+                q.poll_for(&mut rx).await
             } else {
-                (&mut rx).await.unwrap_or_else(|_| Err(reset()))
-            }
+                (&mut rx).await.ok()
+            };
+            result.unwrap_or_else(|| Err(reset()))
         };
         match tokio::time::timeout(timeout, wait).await {
             Ok(result) => result,
