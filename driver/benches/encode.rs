@@ -3,8 +3,11 @@
 //! thread, Constrained Baseline, bitrate rate control, no frame skipping, the same GOP),
 //! measured side by side in one run at 720p and 1080p.
 //!
-//! `cargo bench -p vpu-driver --bench encode [-- FRAMES]` (default 150 frames per run;
-//! each configuration runs twice, interleaved, and the better run counts).
+//! `cargo bench -p vpu-driver --bench encode [-- FRAMES [ROUNDS]]` (default 150 frames
+//! per run, 4 rounds). Each round runs the three variants in a rotated order; the best run
+//! of each variant counts, which filters out other load on a shared machine. The
+//! bitstream sizes are compared too: equal sizes mean the encoder ran with the same
+//! settings on both paths.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -117,13 +120,14 @@ async fn through_card_zero_copy(case: &Case, frames: &[Vec<u8>]) -> Result<(f64,
 }
 
 fn main() -> Result<()> {
-    let count: usize = std::env::args()
+    let numbers: Vec<usize> = std::env::args()
         .skip(1)
-        .find(|a| !a.starts_with('-'))
+        .filter(|a| !a.starts_with('-'))
         .map(|a| a.parse())
-        .transpose()
-        .context("frame count")?
-        .unwrap_or(150);
+        .collect::<Result<_, _>>()
+        .context("FRAMES and ROUNDS must be numbers")?;
+    let count = numbers.first().copied().unwrap_or(150).max(1);
+    let rounds = numbers.get(1).copied().unwrap_or(4).max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -142,7 +146,9 @@ fn main() -> Result<()> {
             bitrate: 8_000_000,
         },
     ];
-    println!("encode throughput, {count} pre-generated frames per run, best of 2 interleaved runs");
+    println!(
+        "encode throughput, {count} pre-generated frames per run, best of {rounds} interleaved rounds"
+    );
     println!(
         "{:<6} {:>12} {:>12} {:>8} {:>16} {:>8} {:>14}",
         "size", "direct fps", "card fps", "ratio", "card 0-copy fps", "ratio", "bytes card/dir"
@@ -150,18 +156,22 @@ fn main() -> Result<()> {
     for case in &cases {
         let pattern = TestPattern::new(case.width, case.height);
         let frames: Vec<Vec<u8>> = (0..count as u64).map(|n| pattern.frame(n)).collect();
-        let (mut d, mut c, mut z) = (0f64, 0f64, 0f64);
-        let (mut db, mut cb) = (0, 0);
-        for _ in 0..2 {
-            let (fps, b) = direct(case, &frames)?;
-            d = d.max(fps);
-            db = b;
-            let (fps, b) = rt.block_on(through_card(case, &frames))?;
-            c = c.max(fps);
-            cb = b;
-            let (fps, _) = rt.block_on(through_card_zero_copy(case, &frames))?;
-            z = z.max(fps);
+        let mut best = [0f64; 3];
+        let mut bytes = [0u64; 3];
+        for round in 0..rounds {
+            for k in 0..3 {
+                let variant = (round + k) % 3;
+                let (fps, b) = match variant {
+                    0 => direct(case, &frames)?,
+                    1 => rt.block_on(through_card(case, &frames))?,
+                    _ => rt.block_on(through_card_zero_copy(case, &frames))?,
+                };
+                best[variant] = best[variant].max(fps);
+                bytes[variant] = b;
+            }
         }
+        let [d, c, z] = best;
+        let (db, cb) = (bytes[0], bytes[1]);
         println!(
             "{:<6} {:>12.1} {:>12.1} {:>8.3} {:>16.1} {:>8.3} {:>14.3}",
             case.name,
