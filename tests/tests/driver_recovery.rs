@@ -105,12 +105,21 @@ async fn a_hung_engine_times_out_is_aborted_and_its_late_completion_discarded() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_interrupt_is_found_when_the_timeout_looks() {
-    let (emu, card) = open(11, Duration::from_millis(200)).await;
+async fn a_lost_interrupt_costs_a_sweep_not_a_command_timeout() {
+    let (emu, card) = open(20, Duration::from_secs(30)).await;
+    let id = card.create_session(&config()).await.unwrap();
     emu.inject(Fault::LostInterrupt { count: 1 }).unwrap();
-    card.nop().await.unwrap();
+    let frame = synthetic_clip(W, H, 1).remove(0);
+    let encoded = tokio::time::timeout(
+        Duration::from_secs(5),
+        card.encode(id, FrameInput::Bytes(&frame), 0, false),
+    )
+    .await
+    .expect("the completion was picked up long before the 30 s command timeout");
+    assert!(!encoded.unwrap().data.is_empty());
     let m = card.nvme_metrics();
     assert_eq!((m.lost_interrupts, m.timeouts), (1, 0));
+    assert_eq!(emu.counters().interrupts_lost, 1);
     card.nop().await.unwrap();
 }
 
