@@ -192,7 +192,12 @@ impl QueuePair {
                     match rx.try_recv() {
                         Ok(r) => return Some(r),
                         Err(TryRecvError::Closed) => return None,
-                        Err(TryRecvError::Empty) => tokio::task::yield_now().await,
+                        Err(TryRecvError::Empty) => {
+                            // Nothing yet: let other threads run (the device may be
+                            // software sharing these CPUs), then other tasks.
+                            std::thread::yield_now();
+                            tokio::task::yield_now().await;
+                        }
                     }
                 }
             }
