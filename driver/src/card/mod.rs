@@ -1,1 +1,28 @@
-//! The video command set on top of the NVMe transport: identify, sessions, frames in, packets out.
+//! The video command set on top of the NVMe transport: identify, sessions, frames in,
+//! packets out. This is the API the daemon uses.
+//!
+//! - `types`: codecs, pixel formats, session configuration, packets, statistics;
+//! - `identity`: the card's identity from Identify Controller's VPU block;
+//! - `device`: [`Card`], its sessions and commands;
+//! - `encode`: Encode Frame, output buffers, checks on the card's answer;
+//! - `logs`: engine and session log pages;
+//! - `params`: the Create Session parameter block;
+//! - `pool`: reusable DMA buffers for copied frames and bitstream output.
+
+mod device;
+mod encode;
+mod error;
+mod identity;
+mod logs;
+mod params;
+mod pool;
+mod types;
+
+pub use crate::nvme::VendorStatus;
+pub use device::{Card, CardMetrics, CardMetricsSnapshot};
+pub use error::CardError;
+pub use identity::CardIdentity;
+pub use types::{
+    CardOptions, Codec, EngineStats, FrameInput, FrameType, Packet, PixelFormat, RateControl,
+    Reconfigure, SessionConfig, SessionId, SessionStats,
+};
