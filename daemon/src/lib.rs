@@ -14,4 +14,5 @@
 pub mod bus;
 pub mod channel;
 pub mod config;
+pub mod scheduler;
 pub mod service;
