@@ -126,7 +126,7 @@ impl Scheduler {
             .into_iter()
             .filter(|&c| {
                 let l = &self.cards[c].limits;
-                l.codecs.iter().any(|x| *x == demand.codec)
+                l.codecs.contains(&demand.codec)
                     && demand.width <= l.max_width
                     && demand.height <= l.max_height
             })
