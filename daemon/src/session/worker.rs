@@ -339,6 +339,7 @@ impl Worker {
             let _ =
                 tokio::time::timeout(FINAL_SEND_TIMEOUT, sock.send(&record.encode(), None)).await;
         }
+        sock.discard_pending(1024);
         drop(sock);
         let timeout = daemon.config.timeouts.command();
         if !ending.card_fault {
