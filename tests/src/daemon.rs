@@ -326,3 +326,32 @@ pub fn workspace_root() -> std::path::PathBuf {
         .map(|p| p.to_path_buf())
         .unwrap_or_default()
 }
+
+/// Path of a binary of the workspace (`vpud`, `vpuctl`), built for the profile the tests
+/// run under (`cargo build` is run once per test process, so the binary is current).
+pub fn workspace_binary(name: &str) -> Result<std::path::PathBuf> {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let exe = std::env::current_exe()?;
+    // Test executables live in <target>/<profile>/deps.
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("locating the target directory")?
+        .to_path_buf();
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !built.iter().any(|b| b == name) {
+        let release = profile_dir.file_name().is_some_and(|p| p == "release");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "-p", "vpud", "--bin", name])
+            .current_dir(workspace_root());
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().context("running cargo build")?;
+        if !status.success() {
+            bail!("cargo build of {name} failed");
+        }
+        built.push(name.to_owned());
+    }
+    Ok(profile_dir.join(name))
+}
