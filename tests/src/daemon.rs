@@ -134,6 +134,10 @@ pub struct Channel {
     pub hello: Hello,
     memfd: Option<memfd::Memfd>,
     assembler: PacketAssembler,
+    /// Pts of the next frame `encode` sends.
+    next_pts: u64,
+    /// Frame slots handed out so far (slot = count % window).
+    slots_used: u64,
 }
 
 impl Channel {
@@ -155,6 +159,8 @@ impl Channel {
             },
             memfd: None,
             assembler: PacketAssembler::new(),
+            next_pts: 0,
+            slots_used: 0,
         };
         match ch.recv().await? {
             Some(DaemonRecord::Hello(h)) => ch.hello = h,
@@ -200,7 +206,8 @@ impl Channel {
         Ok(())
     }
 
-    /// Encodes `frames` with pts 0, 1, …, keeping the window full; returns the packets.
+    /// Encodes `frames` with consecutive pts (continuing from earlier calls, from 0),
+    /// keeping the window full; returns the packets.
     pub async fn encode(&mut self, frames: &[Vec<u8>]) -> Result<Vec<WirePacket>> {
         if self.memfd.is_none() {
             self.register_slots().await?;
@@ -212,7 +219,8 @@ impl Channel {
         let mut done = 0usize;
         while packets.len() < frames.len() {
             while sent < frames.len() && sent - done < window {
-                let slot = (sent % window) as u64;
+                let slot = self.slots_used % window as u64;
+                self.slots_used += 1;
                 let file = self
                     .memfd
                     .as_ref()
@@ -224,8 +232,9 @@ impl Channel {
                     flags: 0,
                     offset: slot * frame_size,
                     length: self.hello.frame_size,
-                    pts: sent as u64,
+                    pts: self.next_pts,
                 });
+                self.next_pts += 1;
                 self.sock.send(&rec.encode(), None).await?;
                 sent += 1;
             }

@@ -143,30 +143,53 @@ async fn drain_resume_and_reset_cards() {
     let state: String = property(&conn, card0, CARD, "State").await.unwrap();
     assert_eq!(state, "online");
 
-    // A reset ends the card's sessions with a reason, and the card comes back.
+    // A reset moves the card's sessions to the other card; the card comes back.
     let (path, fd) = create_session(&conn, &params(320, 240, 30)).await.unwrap();
     let card: OwnedObjectPath = property(&conn, path.as_str(), SESSION, "Card")
         .await
         .unwrap();
     assert_eq!(card.as_str(), card0);
-    let ch = Channel::open(fd).await.unwrap();
+    let mut ch = Channel::open(fd).await.unwrap();
+    let clip = vpu_tests::clip::synthetic_clip(320, 240, 6);
+    assert_eq!(ch.encode(&clip[..3]).await.unwrap().len(), 3);
     call("Reset").await.unwrap();
     let state: String = property(&conn, card0, CARD, "State").await.unwrap();
     assert_eq!(state, "online");
-    let mut error = None;
-    while let Some(r) = ch.recv().await.unwrap() {
-        if let vpud::channel::proto::DaemonRecord::Error { code, message } = r {
-            error = Some((code, message));
-        }
-    }
-    let (code, message) = error.unwrap();
-    assert_eq!(code, vpud::channel::proto::ErrorCode::CardFailed as u32);
-    assert!(message.contains("reset"), "{message}");
+    let card: OwnedObjectPath = property(&conn, path.as_str(), SESSION, "Card")
+        .await
+        .unwrap();
+    assert_eq!(card.as_str(), "/org/vpud/Vpud1/card/1");
+    let packets = ch.encode(&clip[3..]).await.unwrap();
+    assert_eq!(packets.iter().map(|p| p.pts).collect::<Vec<_>>(), [3, 4, 5]);
+    assert!(
+        packets[0].keyframe,
+        "the first frame after a move is a keyframe"
+    );
     // New sessions work on the reset card.
-    let (_p, fd) = create_session(&conn, &params(320, 240, 30)).await.unwrap();
+    call("Drain").await.unwrap();
+    let e = conn
+        .call_method(
+            Some(BUS_NAME),
+            "/org/vpud/Vpud1/card/1",
+            Some(CARD),
+            "Drain",
+            &(),
+        )
+        .await;
+    e.unwrap();
+    let e = create_session(&conn, &params(320, 240, 30))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error_name(&e).as_deref(),
+        Some("org.vpud.Vpud1.Error.NoCapacity")
+    );
+    call("Resume").await.unwrap();
+    let (p, fd) = create_session(&conn, &params(320, 240, 30)).await.unwrap();
+    let card: OwnedObjectPath = property(&conn, p.as_str(), SESSION, "Card").await.unwrap();
+    assert_eq!(card.as_str(), card0);
     let mut ch = Channel::open(fd).await.unwrap();
-    let clip = vpu_tests::clip::synthetic_clip(320, 240, 3);
-    assert_eq!(ch.encode(&clip).await.unwrap().len(), 3);
+    assert_eq!(ch.encode(&clip).await.unwrap().len(), 6);
 }
 
 /// Card administration by a caller who is not root, with no polkit on the bus, is refused

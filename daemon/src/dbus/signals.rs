@@ -186,3 +186,29 @@ pub async fn session_removed(
         card_load(daemon, card).await;
     }
 }
+
+/// Announces that a session moved (`Migrated`, `Card` changed) and the two cards' loads.
+pub async fn session_migrated(daemon: &Daemon, entry: &SessionEntry, from: usize, to: usize) {
+    if let Some(conn) = daemon.connection() {
+        if let Ok(s) = conn
+            .object_server()
+            .interface::<_, SessionIface>(entry.path.clone())
+            .await
+        {
+            let e = s.signal_emitter();
+            {
+                let iface = s.get().await;
+                log_err(daemon, "Session.Card", iface.card_changed(e).await);
+            }
+            if let (Some(f), Some(t)) = (daemon.cards.get(from), daemon.cards.get(to)) {
+                log_err(
+                    daemon,
+                    "Session.Migrated",
+                    SessionIface::migrated(e, f.path.as_ref(), t.path.as_ref()).await,
+                );
+            }
+        }
+    }
+    card_load(daemon, from).await;
+    card_load(daemon, to).await;
+}
