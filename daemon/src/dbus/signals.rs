@@ -212,3 +212,22 @@ pub async fn session_migrated(daemon: &Daemon, entry: &SessionEntry, from: usize
     card_load(daemon, from).await;
     card_load(daemon, to).await;
 }
+
+/// Session.State (running, migrating, closed).
+pub async fn session_state(daemon: &Daemon, entry: &SessionEntry) {
+    let Some(conn) = daemon.connection() else {
+        return;
+    };
+    if let Ok(s) = conn
+        .object_server()
+        .interface::<_, SessionIface>(entry.path.clone())
+        .await
+    {
+        let iface = s.get().await;
+        log_err(
+            daemon,
+            "Session.State",
+            iface.state_changed(s.signal_emitter()).await,
+        );
+    }
+}

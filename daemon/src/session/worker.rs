@@ -361,6 +361,32 @@ impl Worker {
         for f in &frames {
             buffers.release(f.buffer_id);
         }
+        let cfg = lock(&self.entry.config).clone();
+        let demand = lock(&self.entry.demand).clone();
+        self.entry.migrating.store(true, Ordering::Release);
+        crate::dbus::signals::session_state(&self.daemon, &self.entry).await;
+        let result = self
+            .move_to_another_card(
+                reason, buffers, inflight, from, old_sid, frames, cfg, demand,
+            )
+            .await;
+        self.entry.migrating.store(false, Ordering::Release);
+        crate::dbus::signals::session_state(&self.daemon, &self.entry).await;
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn move_to_another_card(
+        &mut self,
+        reason: &str,
+        buffers: &mut Buffers,
+        inflight: &mut InFlight,
+        from: Arc<CardEntry>,
+        old_sid: vpu_driver::card::SessionId,
+        frames: Vec<FrameRef>,
+        cfg: vpu_driver::card::SessionConfig,
+        demand: crate::scheduler::Demand,
+    ) -> Result<(), Ending> {
         let failed = |why: String| Ending {
             card_fault: true,
             ..Ending::error(
@@ -368,19 +394,12 @@ impl Worker {
                 format!("{reason}; the session could not move to another card: {why}"),
             )
         };
-        let cfg = lock(&self.entry.config).clone();
         let mut exclude = vec![from.index];
         let (to, sid) = loop {
             let placement = {
                 let mut s = lock(&self.daemon.sched);
                 s.release(self.entry.id);
-                s.place(
-                    self.entry.id,
-                    &self.entry.owner,
-                    &self.entry.demand,
-                    None,
-                    &exclude,
-                )
+                s.place(self.entry.id, &self.entry.owner, &demand, None, &exclude)
             };
             let placement = placement.map_err(|e| failed(e.to_string()))?;
             let card = Arc::clone(&self.daemon.cards[placement.card]);
