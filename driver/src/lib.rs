@@ -12,8 +12,8 @@
 //!
 //! No D-Bus and no scheduling live here; that is the daemon's.
 
-pub mod io;
 pub mod card;
 pub mod emu;
+pub mod io;
 pub mod nvme;
 pub mod vfio;
