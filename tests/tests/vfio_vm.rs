@@ -23,6 +23,17 @@ const EXPECTED: &[&str] = &[
     "vfio_group_not_viable",
     "vfio_memlock_limit",
     "vfio_discovery_scan",
+    "nvme_open",
+    "nvme_function_reset",
+    "nvme_enable_msix",
+    "nvme_identify",
+    "nvme_set_features",
+    "nvme_data_64mib",
+    "nvme_unmapped_iova",
+    "nvme_controller_reset",
+    "nvme_shutdown",
+    "nvme_teardown",
+    "bench_4k_read",
 ];
 
 #[test]
@@ -69,7 +80,7 @@ fn vfio_vm() {
         report.push_str(&format!("  {status} {}: {}\n", r.name, r.detail));
     }
     for (name, value, unit) in &run.bench {
-        report.push_str(&format!("  BENCH {name}: {value:.1} {unit}\n"));
+        report.push_str(&format!("  BENCH {name}: {value:.2} {unit}\n"));
     }
     for line in &run.other {
         report.push_str(&format!("  {line}\n"));

@@ -7,8 +7,10 @@
 //! the run. The host side (`tests/tests/vfio_vm.rs`) asserts on them. A check that panics
 //! is reported as failed and the others still run.
 
+mod bench;
 mod edu;
 mod errors;
+mod nvme;
 mod util;
 
 use std::fs::File;
@@ -67,7 +69,7 @@ impl Reporter {
 
     /// Reports a benchmark figure.
     pub fn bench(&self, name: &str, value: f64, unit: &str) {
-        self.line(&format!("BENCH {name} {value:.1} {unit}"));
+        self.line(&format!("BENCH {name} {value:.2} {unit}"));
     }
 }
 
@@ -108,8 +110,14 @@ fn main() -> anyhow::Result<()> {
         file: Mutex::new(file),
     };
     r.line("GUEST-START");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     edu::run(&r, &layout);
     errors::run(&r, &layout);
+    nvme::run(&r, &layout, &rt);
+    bench::run(&r, &layout, &rt);
     r.line("GUEST-DONE");
     Ok(())
 }
