@@ -6,9 +6,11 @@
 //!   Annex-B NAL inspection;
 //! - [`quality`]: PSNR of decoded frames against their source;
 //! - [`daemon`]: a private bus with vpud on it, zbus and data-channel clients, `gdbus` and
-//!   `busctl`.
+//!   `busctl`;
+//! - [`vm`]: the VFIO tier's VM: prerequisites, static guest program, initramfs, QEMU.
 
 pub mod clip;
 pub mod daemon;
 pub mod decode;
 pub mod quality;
+pub mod vm;
