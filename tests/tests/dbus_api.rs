@@ -282,8 +282,10 @@ async fn spread_alternates_cards_and_pack_fills_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_capacity_is_refused_before_any_card_is_touched() {
     let mut c = config();
-    // No engine-log reads while the test counts the card's completions.
+    // No engine-log reads while the test counts the card's completions, and the load is
+    // the model's.
     c.scheduler.load_sample_interval_ms = 60_000;
+    c.scheduler.measured_load_weight = 0.0;
     let d = start(1, c).await.unwrap();
     let conn = connect(&d).await.unwrap();
     // 2160p60 takes a whole engine; the card has two.
@@ -292,7 +294,13 @@ async fn no_capacity_is_refused_before_any_card_is_touched() {
     let _b = create_session(&conn, &big).await.unwrap();
     let capacity: u64 = property(&conn, ROOT, MANAGER, "Capacity").await.unwrap();
     let load: u64 = property(&conn, ROOT, MANAGER, "Load").await.unwrap();
-    assert_eq!(load, capacity);
+    let sessions: Vec<OwnedObjectPath> = property(&conn, ROOT, MANAGER, "Sessions").await.unwrap();
+    assert_eq!(
+        load,
+        capacity,
+        "sessions {sessions:?} errors {:?}",
+        d.daemon().metrics.error_counts()
+    );
     let emu = d.daemon().cards[0].emulator.clone().unwrap();
     let before = emu.counters().completions;
     let e = create_session(&conn, &params(640, 360, 30))
