@@ -7,12 +7,14 @@
 //! - [`config`]: the TOML configuration;
 //! - [`bus`]: a private `dbus-daemon` for machines without a bus, demos and tests;
 //! - [`channel`]: the data channel's wire format and socket;
-//! - [`service`]: the daemon itself, to run as a service or embedded in-process.
+//! - [`service`]: the daemon itself, to run as a service or embedded in-process;
+//! - [`client`]: the client library media services use (and `vpuctl`).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod bus;
 pub mod channel;
+pub mod client;
 pub mod config;
 pub mod scheduler;
 pub mod service;
