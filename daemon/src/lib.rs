@@ -8,7 +8,8 @@
 //! - [`bus`]: a private `dbus-daemon` for machines without a bus, demos and tests;
 //! - [`channel`]: the data channel's wire format and socket;
 //! - [`service`]: the daemon itself, to run as a service or embedded in-process;
-//! - [`client`]: the client library media services use (and `vpuctl`).
+//! - [`client`]: the client library media services use (and `vpuctl`);
+//! - [`ctl`]: `vpuctl`, the command line.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -16,5 +17,6 @@ pub mod bus;
 pub mod channel;
 pub mod client;
 pub mod config;
+pub mod ctl;
 pub mod scheduler;
 pub mod service;

@@ -35,14 +35,14 @@ pub enum ClientError {
     #[error("quota exceeded: {0}")]
     QuotaExceeded(String),
     /// Connecting to the bus failed.
-    #[error("connecting to the bus at {address} failed")]
+    #[error("connecting to {address} failed (name vpud's bus with --bus or VPUD_BUS_ADDRESS)")]
     Connect {
         address: String,
         #[source]
         source: zbus::Error,
     },
     /// The daemon is not on the bus.
-    #[error("vpud is not running on {bus} (no owner of org.vpud.Vpud1)")]
+    #[error("vpud is not running on {bus} (nobody owns org.vpud.Vpud1)")]
     DaemonNotFound { bus: String },
     /// Any other D-Bus failure (transport, unexpected reply, foreign error names).
     #[error("d-bus call {call} failed")]
