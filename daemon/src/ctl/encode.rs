@@ -10,7 +10,7 @@ pub use super::input::Input;
 use super::output::Output;
 use super::table::bitrate;
 use super::CtlError;
-use crate::client::{Client, SessionParams};
+use crate::client::{Client, Session, SessionParams};
 
 /// What an encode did.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,15 +68,54 @@ pub async fn encode(
             ),
         });
     }
-    let mut output = Output::create(&args.output, width, height, fps)?;
     let mut session = client.create_session(&params).await?;
     let card = client
         .session_info(session.path())
         .await
         .map(|i| i.card)
         .unwrap_or_default();
-    let progress = progress_bar(input.frame_count());
+    // Created only once the daemon took the session, so a refused session leaves no file.
+    let output = Output::create(&args.output, width, height, fps)?;
+    let result = run_session(&mut session, &mut input, output).await;
+    let counters = session.counters();
+    if let Err(e) = session.close().await {
+        tracing::debug!(error = %e, "closing the finished session");
+    }
+    let result = result.and_then(|seconds| match counters.frames_sent {
+        0 => Err(CtlError::BadInput {
+            path: args.input.clone(),
+            what: "no frames".into(),
+        }),
+        _ => Ok(seconds),
+    });
+    let seconds = match result {
+        Ok(seconds) => seconds,
+        Err(e) => {
+            // A partial stream is of no use; do not leave it looking like a result.
+            let _ = std::fs::remove_file(&args.output);
+            return Err(e);
+        }
+    };
+    Ok(EncodeSummary {
+        frames: counters.packets,
+        keyframes: counters.keyframes,
+        bytes: counters.bytes,
+        seconds,
+        width,
+        height,
+        fps,
+        card,
+    })
+}
 
+/// Feeds every frame of `input` to `session` and writes its packets; returns the seconds
+/// it took.
+async fn run_session(
+    session: &mut Session,
+    input: &mut Input,
+    mut output: Output,
+) -> Result<f64, CtlError> {
+    let progress = progress_bar(input.frame_count());
     let start = Instant::now();
     let mut pts = 0u64;
     loop {
@@ -97,27 +136,8 @@ pub async fn encode(
     }
     let seconds = start.elapsed().as_secs_f64();
     progress.finish_and_clear();
-    let counters = session.counters();
     output.finish()?;
-    if let Err(e) = session.close().await {
-        tracing::debug!(error = %e, "closing the finished session");
-    }
-    if counters.frames_sent == 0 {
-        return Err(CtlError::BadInput {
-            path: args.input.clone(),
-            what: "no frames".into(),
-        });
-    }
-    Ok(EncodeSummary {
-        frames: counters.packets,
-        keyframes: counters.keyframes,
-        bytes: counters.bytes,
-        seconds,
-        width,
-        height,
-        fps,
-        card,
-    })
+    Ok(seconds)
 }
 
 /// The line `vpuctl encode` ends with.
