@@ -119,6 +119,29 @@ impl ClientError {
         }
     }
 
+    /// Whether the object or interface called does not exist (an object that went away
+    /// meanwhile, or a card without the `Emulator` interface).
+    pub fn is_unknown_object(&self) -> bool {
+        match self {
+            ClientError::NotFound(_) => true,
+            ClientError::Bus {
+                source: zbus::Error::FDO(e),
+                ..
+            } => matches!(
+                **e,
+                zbus::fdo::Error::UnknownObject(_)
+                    | zbus::fdo::Error::UnknownInterface(_)
+                    | zbus::fdo::Error::UnknownMethod(_)
+                    | zbus::fdo::Error::UnknownProperty(_)
+            ),
+            ClientError::Bus {
+                source: zbus::Error::InterfaceNotFound,
+                ..
+            } => true,
+            _ => false,
+        }
+    }
+
     /// The D-Bus error name of the daemon's typed errors, `None` for local failures.
     pub fn dbus_name(&self) -> Option<String> {
         let kind = match self {

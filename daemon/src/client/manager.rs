@@ -243,7 +243,7 @@ impl Client {
         for path in paths {
             match self.session_info(&path).await {
                 Ok(info) => out.push(info),
-                Err(ClientError::Bus { .. }) | Err(ClientError::NotFound(_)) => {}
+                Err(e) if e.is_unknown_object() => {}
                 Err(e) => return Err(e),
             }
         }

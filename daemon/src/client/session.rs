@@ -288,17 +288,7 @@ impl Session {
         match result {
             Ok(()) => Ok(()),
             Err(e) => match ClientError::from_call("Session.Close", e) {
-                ClientError::NotFound(_) => Ok(()),
-                ClientError::Bus {
-                    source: zbus::Error::FDO(ref fdo),
-                    ..
-                } if matches!(
-                    **fdo,
-                    zbus::fdo::Error::UnknownObject(_) | zbus::fdo::Error::UnknownMethod(_)
-                ) =>
-                {
-                    Ok(())
-                }
+                e if e.is_unknown_object() => Ok(()),
                 other => Err(other),
             },
         }

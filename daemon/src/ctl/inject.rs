@@ -8,7 +8,7 @@ use crate::client::{Client, FaultOptions};
 pub async fn inject(client: &Client, args: &InjectArgs) -> Result<String, CtlError> {
     let card = client.resolve_card(&args.card).await?;
     let kinds = client.fault_kinds(&card).await.map_err(|e| match e {
-        crate::client::ClientError::Bus { .. } => CtlError::Usage(format!(
+        e if e.is_unknown_object() => CtlError::Usage(format!(
             "card {} is not an emulated card (it has no org.vpud.Vpud1.Emulator interface)",
             args.card
         )),
