@@ -1,2 +1,11 @@
 //! Shared helpers of vpud's whole-system tests: synthetic clips, decoding with openh264
 //! and with Debian's `ffmpeg`/`ffprobe`, PSNR, and locating the workspace's binaries.
+//!
+//! - [`clip`]: synthetic I420 clips from the driver's test pattern;
+//! - [`decode`]: H.264 decoding in-process (openh264) and with `ffmpeg`/`ffprobe`, and
+//!   Annex-B NAL inspection;
+//! - [`quality`]: PSNR.
+
+pub mod clip;
+pub mod decode;
+pub mod quality;
