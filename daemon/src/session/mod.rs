@@ -3,6 +3,7 @@
 //! and the one place every session ends ([`finish`]).
 
 pub mod buffers;
+mod migrate;
 pub mod worker;
 
 use std::str::FromStr;
