@@ -70,6 +70,18 @@ pub async fn card_load(daemon: &Daemon, card: usize) {
     manager_load(daemon).await;
 }
 
+/// Card.Errors.
+pub async fn card_errors(daemon: &Daemon, card: usize) {
+    if let Some(c) = card_ref(daemon, card).await {
+        let iface = c.get().await;
+        log_err(
+            daemon,
+            "Card.Errors",
+            iface.errors_changed(c.signal_emitter()).await,
+        );
+    }
+}
+
 /// Card.State and Card.Errors, and the Manager's capacity.
 pub async fn card_state(daemon: &Daemon, card: usize) {
     if let Some(c) = card_ref(daemon, card).await {
