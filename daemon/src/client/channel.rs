@@ -35,7 +35,6 @@ pub struct SessionCounters {
 
 /// The client end of one session's data channel. Dropping it closes the channel, which
 /// ends the session in the daemon.
-#[derive(Debug)]
 pub struct DataChannel {
     /// The session's object path, for messages.
     name: String,
@@ -51,6 +50,19 @@ pub struct DataChannel {
     eos_sent: bool,
     eos_acked: bool,
     counters: SessionCounters,
+}
+
+impl std::fmt::Debug for DataChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataChannel")
+            .field("session", &self.name)
+            .field("hello", &self.hello)
+            .field("in_flight", &self.in_flight.len())
+            .field("queued_packets", &self.packets.len())
+            .field("eos_sent", &self.eos_sent)
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DataChannel {
