@@ -12,6 +12,7 @@ pub struct Metrics {
     errors: Mutex<BTreeMap<String, u64>>,
     pub sessions_created: AtomicU64,
     pub sessions_closed: AtomicU64,
+    pub sessions_migrated: AtomicU64,
     pub frames_in: AtomicU64,
     pub packets_out: AtomicU64,
     pub bytes_out: AtomicU64,

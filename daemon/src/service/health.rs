@@ -1,5 +1,5 @@
-//! Card health: device faults lead to a reset (sessions on the card end with a
-//! `card-failed` error), and a monitor samples each card's measured load and watches for
+//! Card health: device faults lead to a reset (sessions on the card move to other cards,
+//! or end with a `card-failed` error where none can take them), and a monitor samples each card's measured load and watches for
 //! controller fatal status.
 
 use std::sync::atomic::Ordering;
@@ -46,14 +46,30 @@ pub async fn reset_card(daemon: &Arc<Daemon>, card: usize, reason: &str) -> Resu
     let previous = lock(&daemon.sched).set_state(card, CardState::Resetting);
     tracing::warn!(card = %entry.name, reason, "resetting card");
     crate::dbus::signals::card_state(daemon, card).await;
+    // Sessions move to other cards; those that cannot end with `card-failed`.
     let sessions = daemon.sessions_on(card);
     for s in &sessions {
-        s.request_close(
-            Some(ErrorCode::CardFailed),
+        s.request_migrate(
+            card,
             &format!("card {} is being reset ({reason})", entry.name),
         );
     }
-    for s in &sessions {
+    let deadline = tokio::time::Instant::now() + SESSIONS_END_WAIT;
+    while tokio::time::Instant::now() < deadline
+        && sessions
+            .iter()
+            .any(|s| s.card_index() == card && !*s.finished.borrow())
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for s in daemon.sessions_on(card) {
+        s.request_close(
+            Some(ErrorCode::CardFailed),
+            &format!(
+                "card {} is being reset ({reason}) and the session could not move",
+                entry.name
+            ),
+        );
         let _ = tokio::time::timeout(SESSIONS_END_WAIT, s.wait_finished()).await;
     }
     let result = entry.card.reset().await;
@@ -81,6 +97,8 @@ pub async fn monitor(daemon: Arc<Daemon>) {
     let interval = Duration::from_millis(daemon.config.scheduler.load_sample_interval_ms);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate; the first sample comes one interval after start.
+    tick.tick().await;
     loop {
         tick.tick().await;
         if daemon.shutting_down.load(Ordering::Acquire) {

@@ -16,7 +16,7 @@ use zbus::{Connection, OwnedObjectPath};
 use crate::channel::proto::ErrorCode;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::scheduler::{CardLimits, CardState, Priority, Scheduler};
+use crate::scheduler::{CardLimits, CardState, Demand, Scheduler};
 
 /// Root object path.
 pub const ROOT_PATH: &str = "/org/vpud/Vpud1";
@@ -61,6 +61,15 @@ impl CardEntry {
     }
 }
 
+/// What a session's task is asked to do.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// End the session.
+    Close(CloseRequest),
+    /// Move off card `card` (failing or being reset), if still on it.
+    Migrate { card: usize, reason: String },
+}
+
 /// Asks a session's task to end.
 #[derive(Debug, Clone)]
 pub struct CloseRequest {
@@ -86,7 +95,10 @@ pub struct SessionEntry {
     pub path: OwnedObjectPath,
     /// Unique bus name of the creator.
     pub owner: String,
-    pub priority: Priority,
+    /// What the session asks of a card (for placement when it moves or changes rate).
+    pub demand: Mutex<Demand>,
+    /// Set while the session moves to another card (`State` "migrating").
+    pub migrating: AtomicBool,
     /// The card it runs on (index into `Daemon::cards`) and its id there.
     pub card: AtomicUsize,
     pub card_session: AtomicU32,
@@ -95,7 +107,7 @@ pub struct SessionEntry {
     /// Set by `RequestKeyframe`; the next frame is encoded as IDR.
     pub force_keyframe: AtomicBool,
     pub closed: AtomicBool,
-    pub close_tx: mpsc::UnboundedSender<CloseRequest>,
+    pub control: mpsc::UnboundedSender<Control>,
     /// Becomes `true` once the session's resources are released.
     pub finished: watch::Receiver<bool>,
     /// Taken by `session::finish`.
@@ -116,11 +128,24 @@ impl SessionEntry {
         if self.closed.swap(true, Ordering::AcqRel) {
             return false;
         }
-        let _ = self.close_tx.send(CloseRequest {
+        let _ = self.control.send(Control::Close(CloseRequest {
             code,
             reason: reason.to_owned(),
-        });
+        }));
         true
+    }
+
+    /// Asks the session's task to move to another card; `false` if it is ending.
+    pub fn request_migrate(&self, card: usize, reason: &str) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        self.control
+            .send(Control::Migrate {
+                card,
+                reason: reason.to_owned(),
+            })
+            .is_ok()
     }
 
     /// Waits until the session's resources are released.

@@ -119,6 +119,22 @@ impl Buffers {
         Ok(())
     }
 
+    /// Maps every buffer for another card (the session moved); the old mappings go when
+    /// nothing holds them.
+    pub fn remap(&mut self, card: &Card) -> Result<(), BufferError> {
+        for (id, r) in self.map.iter_mut() {
+            let dma =
+                card.map_frames(Arc::clone(r.dma.region()))
+                    .map_err(|e| BufferError::Map {
+                        id: *id,
+                        size: r.size,
+                        reason: e.to_string(),
+                    })?;
+            r.dma = Arc::new(dma);
+        }
+        Ok(())
+    }
+
     /// Forgets a buffer with no frame in flight; the mappings go when the last frame
     /// holding them is dropped (already, since none is in flight).
     pub fn unregister(&mut self, id: u32) -> Result<(), BufferError> {

@@ -3,6 +3,7 @@
 //! and the one place every session ends ([`finish`]).
 
 pub mod buffers;
+mod migrate;
 pub mod worker;
 
 use std::str::FromStr;
@@ -164,7 +165,7 @@ pub async fn create(
     let sock = SeqPacket::new(ours).map_err(|e| cleanup_card_session(e.into()))?;
     let path = OwnedObjectPath::try_from(format!("{ROOT_PATH}/session/{id}"))
         .map_err(|e| cleanup_card_session(SessionError::Bus(e)))?;
-    let (close_tx, close_rx) = mpsc::unbounded_channel();
+    let (control, control_rx) = mpsc::unbounded_channel();
     let (finished_tx, finished) = watch::channel(false);
     let identity = card.card.identity();
     let hello = Hello {
@@ -182,14 +183,15 @@ pub async fn create(
         id,
         path: path.clone(),
         owner: owner.to_owned(),
-        priority: req.priority,
+        demand: Mutex::new(demand),
+        migrating: AtomicBool::new(false),
         card: AtomicUsize::new(card.index),
         card_session: AtomicU32::new(sid.0),
         config: Mutex::new(cfg),
         counters: SessionCounters::default(),
         force_keyframe: AtomicBool::new(false),
         closed: AtomicBool::new(false),
-        close_tx,
+        control,
         finished,
         finished_tx: Mutex::new(Some(finished_tx)),
     });
@@ -208,7 +210,8 @@ pub async fn create(
         card,
         sid,
         hello,
-        close_rx,
+        control_rx,
+        pending_migrate: None,
     };
     tokio::spawn(worker.serve());
     Ok(Created {

@@ -2,6 +2,7 @@
 //! reference (up to the window in flight), packets back in order, and the end of the
 //! session — whatever ends it — with every resource released.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -21,29 +22,31 @@ use crate::channel::proto::{
 };
 use crate::channel::socket::SeqPacket;
 use crate::metrics::Metrics;
-use crate::service::state::{CardEntry, CloseRequest, Daemon, SessionEntry};
+use crate::scheduler::CardState;
+use crate::service::state::{CardEntry, CloseRequest, Control, Daemon, SessionEntry};
 
 /// How often a session's counters are published as property changes.
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
 /// How long the final `ERROR` record may wait for a client that does not read.
 const FINAL_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
-type Encode = Pin<Box<dyn Future<Output = (u32, u64, Result<Packet, CardError>)> + Send>>;
+pub(super) type Encode =
+    Pin<Box<dyn Future<Output = (u32, u64, Result<Packet, CardError>)> + Send>>;
 
 /// Why the session ended.
 #[derive(Debug)]
-struct Ending {
+pub(super) struct Ending {
     /// `ERROR` code for the client; `None` for a normal end.
-    code: Option<ErrorCode>,
-    reason: String,
-    /// The card failed: recovery is started.
-    card_fault: bool,
+    pub(super) code: Option<ErrorCode>,
+    pub(super) reason: String,
+    /// The card failed: its session is not destroyed (the card is being reset).
+    pub(super) card_fault: bool,
     /// The client is gone or not reading: no final record.
-    client_gone: bool,
+    pub(super) client_gone: bool,
 }
 
 impl Ending {
-    fn error(code: ErrorCode, reason: impl Into<String>) -> Ending {
+    pub(super) fn error(code: ErrorCode, reason: impl Into<String>) -> Ending {
         Ending {
             code: Some(code),
             reason: reason.into(),
@@ -87,7 +90,46 @@ pub struct Worker {
     pub card: Arc<CardEntry>,
     pub sid: SessionId,
     pub hello: Hello,
-    pub close_rx: mpsc::UnboundedReceiver<CloseRequest>,
+    pub control_rx: mpsc::UnboundedReceiver<Control>,
+    /// A migration asked for while a record was being sent.
+    pub pending_migrate: Option<String>,
+}
+
+/// Frames sent to the card, in order, with their encodes.
+#[derive(Default)]
+pub(super) struct InFlight {
+    pub(super) encodes: FuturesOrdered<Encode>,
+    pub(super) frames: VecDeque<FrameRef>,
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InFlight")
+            .field("frames", &self.frames.len())
+            .finish()
+    }
+}
+
+impl InFlight {
+    pub(super) fn len(&self) -> usize {
+        self.frames.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+}
+
+/// What to do after a frame's completion.
+enum Flow {
+    End(Ending),
+    /// The card failed: move the session.
+    Migrate(String),
+}
+
+impl From<Ending> for Flow {
+    fn from(e: Ending) -> Flow {
+        Flow::End(e)
+    }
 }
 
 impl Worker {
@@ -97,7 +139,7 @@ impl Worker {
         async move {
             let mut me = self;
             let mut buffers = Buffers::default();
-            let mut inflight: FuturesOrdered<Encode> = FuturesOrdered::new();
+            let mut inflight = InFlight::default();
             let ending = me.run(&mut buffers, &mut inflight).await;
             me.teardown(ending, buffers, inflight).await;
         }
@@ -105,23 +147,30 @@ impl Worker {
         .await
     }
 
-    /// Sends a record unless a close request comes first.
+    /// Sends a record unless a close request comes first (a migration request is kept
+    /// for the main loop).
     async fn send(&mut self, record: &DaemonRecord) -> Result<(), Ending> {
         let bytes = record.encode();
-        tokio::select! {
-            r = self.sock.send(&bytes, None) => r.map_err(|e| {
-                tracing::debug!(error = %e, "client stopped reading");
-                Ending::gone("the data channel was closed")
-            }),
-            req = self.close_rx.recv() => Err(Ending::from_request(req)),
+        loop {
+            tokio::select! {
+                r = self.sock.send(&bytes, None) => return r.map_err(|e| {
+                    tracing::debug!(error = %e, "client stopped reading");
+                    Ending::gone("the data channel was closed")
+                }),
+                c = self.control_rx.recv() => match c {
+                    Some(Control::Migrate { card, reason }) => {
+                        if card == self.card.index {
+                            self.pending_migrate = Some(reason);
+                        }
+                    }
+                    Some(Control::Close(r)) => return Err(Ending::from_request(Some(r))),
+                    None => return Err(Ending::from_request(None)),
+                },
+            }
         }
     }
 
-    async fn run(
-        &mut self,
-        buffers: &mut Buffers,
-        inflight: &mut FuturesOrdered<Encode>,
-    ) -> Ending {
+    async fn run(&mut self, buffers: &mut Buffers, inflight: &mut InFlight) -> Ending {
         if let Err(end) = self.send(&DaemonRecord::Hello(self.hello)).await {
             return end;
         }
@@ -131,6 +180,11 @@ impl Worker {
         let mut tick = tokio::time::interval(PUBLISH_INTERVAL);
         let mut published = (0u64, 0u64);
         loop {
+            if let Some(reason) = self.pending_migrate.take() {
+                if let Err(end) = self.migrate(&reason, buffers, inflight).await {
+                    return end;
+                }
+            }
             if eos && inflight.is_empty() {
                 let c = &self.entry.counters;
                 let ack = DaemonRecord::EndOfStreamAck {
@@ -144,11 +198,24 @@ impl Worker {
             }
             tokio::select! {
                 biased;
-                req = self.close_rx.recv() => return Ending::from_request(req),
-                Some((buffer_id, pts, result)) = inflight.next(), if !inflight.is_empty() => {
-                    buffers.release(buffer_id);
-                    if let Err(end) = self.complete(buffer_id, pts, result).await {
-                        return end;
+                c = self.control_rx.recv() => match c {
+                    Some(Control::Migrate { card, reason }) => {
+                        if card == self.card.index {
+                            self.pending_migrate = Some(reason);
+                        }
+                    }
+                    Some(Control::Close(r)) => return Ending::from_request(Some(r)),
+                    None => return Ending::from_request(None),
+                },
+                Some((buffer_id, pts, result)) = inflight.encodes.next(), if !inflight.is_empty() => {
+                    match self.complete(buffer_id, pts, result).await {
+                        Ok(()) => {
+                            inflight.frames.pop_front();
+                            buffers.release(buffer_id);
+                        }
+                        Err(Flow::End(end)) => return end,
+                        // The frame stays in flight: it is resubmitted on the next card.
+                        Err(Flow::Migrate(reason)) => self.pending_migrate = Some(reason),
                     }
                 }
                 received = self.sock.recv(&mut buf), if !eos => {
@@ -199,7 +266,7 @@ impl Worker {
                                     "frame pts {} beyond the window of {window} frames in flight; wait for a frame-done record",
                                     frame.pts));
                             }
-                            if let Err(msg) = self.submit(buffers, inflight, frame) {
+                            if let Err(msg) = self.submit(buffers, inflight, frame, false) {
                                 self.daemon.metrics.error("channel.protocol-violation");
                                 return Ending::error(ErrorCode::ProtocolViolation, msg);
                             }
@@ -221,11 +288,12 @@ impl Worker {
 
     /// Starts encoding a frame. The encode future is polled once here, so that frames
     /// reach the card's queue in the order they arrived.
-    fn submit(
+    pub(super) fn submit(
         &mut self,
         buffers: &mut Buffers,
-        inflight: &mut FuturesOrdered<Encode>,
+        inflight: &mut InFlight,
         frame: FrameRef,
+        resubmit: bool,
     ) -> Result<(), String> {
         if frame.length != self.hello.frame_size {
             return Err(format!(
@@ -252,14 +320,27 @@ impl Worker {
             let result = card.encode(sid, input, pts, force).await;
             (buffer_id, pts, result)
         });
-        Metrics::add(&self.entry.counters.frames_in, 1);
-        Metrics::add(&self.daemon.metrics.frames_in, 1);
+        if !resubmit {
+            Metrics::add(&self.entry.counters.frames_in, 1);
+            Metrics::add(&self.daemon.metrics.frames_in, 1);
+        }
+        inflight.frames.push_back(frame);
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         match fut.as_mut().poll(&mut cx) {
-            Poll::Ready(out) => inflight.push_back(Box::pin(std::future::ready(out))),
-            Poll::Pending => inflight.push_back(fut),
+            Poll::Ready(out) => inflight
+                .encodes
+                .push_back(Box::pin(std::future::ready(out))),
+            Poll::Pending => inflight.encodes.push_back(fut),
         }
         Ok(())
+    }
+
+    /// Whether this session's card is out of service (failed, resetting, offline).
+    fn card_is_down(&self) -> bool {
+        !matches!(
+            self.daemon.card_state(self.card.index),
+            CardState::Online | CardState::Draining
+        )
     }
 
     /// Sends a finished frame's records.
@@ -268,27 +349,30 @@ impl Worker {
         buffer_id: u32,
         pts: u64,
         result: Result<Packet, CardError>,
-    ) -> Result<(), Ending> {
+    ) -> Result<(), Flow> {
         let packet = match result {
             Ok(p) => p,
             Err(e) => {
-                self.card.errors.fetch_add(1, Ordering::Relaxed);
-                if e.is_device_fault() {
+                if e.is_device_fault() || self.card_is_down() {
                     self.daemon.metrics.error("card.device-fault");
-                    tracing::warn!(error = %e, pts, "card fault while encoding");
-                    return Err(Ending {
-                        card_fault: true,
-                        ..Ending::error(
-                            ErrorCode::CardFailed,
-                            format!("card {} failed: {e}", self.card.name),
-                        )
-                    });
+                    tracing::warn!(error = %e, pts, "card fault while encoding; moving the session");
+                    crate::service::health::card_fault(
+                        &self.daemon,
+                        self.card.index,
+                        &e.to_string(),
+                    );
+                    return Err(Flow::Migrate(format!(
+                        "card {} failed: {e}",
+                        self.card.name
+                    )));
                 }
+                self.card.errors.fetch_add(1, Ordering::Relaxed);
                 self.daemon.metrics.error("card.encode");
-                return Err(Ending::error(
+                crate::dbus::signals::card_errors(&self.daemon, self.card.index).await;
+                return Err(Flow::End(Ending::error(
                     ErrorCode::EncodeFailed,
                     format!("frame pts {pts}: {e}"),
-                ));
+                )));
             }
         };
         self.send(&DaemonRecord::FrameDone { buffer_id, pts })
@@ -315,12 +399,8 @@ impl Worker {
 
     /// Ends the session: the final record, the card session destroyed, in-flight frames
     /// finished or abandoned, buffers unmapped, the channel closed, the book released.
-    async fn teardown(
-        self,
-        ending: Ending,
-        mut buffers: Buffers,
-        mut inflight: FuturesOrdered<Encode>,
-    ) {
+    async fn teardown(self, ending: Ending, mut buffers: Buffers, inflight: InFlight) {
+        let mut inflight = inflight.encodes;
         let Worker {
             daemon,
             entry,
@@ -339,6 +419,7 @@ impl Worker {
             let _ =
                 tokio::time::timeout(FINAL_SEND_TIMEOUT, sock.send(&record.encode(), None)).await;
         }
+        sock.discard_pending(1024);
         drop(sock);
         let timeout = daemon.config.timeouts.command();
         if !ending.card_fault {
@@ -363,9 +444,6 @@ impl Worker {
         }
         drop(inflight);
         buffers.clear();
-        if ending.card_fault {
-            crate::service::health::card_fault(&daemon, card.index, &ending.reason);
-        }
         crate::session::finish(&daemon, &entry, &ending.reason).await;
     }
 }
