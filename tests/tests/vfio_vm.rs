@@ -33,6 +33,7 @@ const EXPECTED: &[&str] = &[
     "nvme_controller_reset",
     "nvme_shutdown",
     "nvme_teardown",
+    "vpud_discovery_skips_plain_nvme",
     "bench_4k_read",
 ];
 
