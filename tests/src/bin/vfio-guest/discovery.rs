@@ -4,12 +4,17 @@
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{ensure, Context};
-use vpu_driver::vfio::{PciScanner, VfioDevice, VfioOptions};
+use vpu_driver::vfio::{PciScanner, VfioOptions};
 use vpud::config::Config;
 
+use crate::util::open_when_released;
 use crate::{Layout, Reporter};
+
+/// How long a function given up may stay busy.
+const RELEASE: Duration = Duration::from_secs(5);
 
 /// A log sink the check reads back.
 #[derive(Clone, Default)]
@@ -30,6 +35,9 @@ impl Write for Captured {
 
 pub fn run(r: &Reporter, layout: &Layout, rt: &tokio::runtime::Runtime) {
     r.check("vpud_discovery_skips_plain_nvme", || {
+        // The function must be free before discovery tries it.
+        let (d, waited) = open_when_released(&layout.nvme, &VfioOptions::default(), RELEASE)?;
+        drop(d);
         let mut config = Config::default();
         config.vfio.enabled = true;
         config.vfio.nvme_class = true;
@@ -63,8 +71,14 @@ pub fn run(r: &Reporter, layout: &Layout, rt: &tokio::runtime::Runtime) {
             !text.contains(&layout.edu),
             "discovery touched edu (not NVMe, not configured)"
         );
-        // The function was closed again: it opens.
-        drop(VfioDevice::open(&layout.nvme, &VfioOptions::default())?);
-        Ok(skip.trim().to_owned())
+        // Discovery closes the function again.
+        let (d, released) = open_when_released(&layout.nvme, &VfioOptions::default(), RELEASE)?;
+        drop(d);
+        Ok(format!(
+            "{} (group free after {} ms; {} ms before discovery)",
+            skip.trim(),
+            released.as_millis(),
+            waited.as_millis()
+        ))
     });
 }
