@@ -8,9 +8,11 @@
 //! never unmapped or reused, whatever happened to the caller.
 
 use std::mem::offset_of;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::oneshot::error::TryRecvError;
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use vpu_ffi::{vpu_cqe, VPU_CQE_PHASE, VPU_CQE_SIZE, VPU_SQE_SIZE};
 
 use crate::io::{DeviceIo, DeviceIoExt, DmaBuffer};
@@ -22,7 +24,7 @@ use super::prp::{self, PrpPagePool, Prps};
 
 /// What a submitter waits on.
 pub(crate) type Waiter = oneshot::Receiver<Result<Completion, NvmeError>>;
-type Notify = oneshot::Sender<Result<Completion, NvmeError>>;
+type Notifier = oneshot::Sender<Result<Completion, NvmeError>>;
 
 /// A command the device has not completed yet.
 #[derive(Debug)]
@@ -30,7 +32,7 @@ struct InFlight {
     cid: u16,
     opcode: u8,
     /// Gone once the submitter stopped waiting (timeout, protocol error, cancellation).
-    waiter: Option<Notify>,
+    waiter: Option<Notifier>,
     /// Data buffer and PRP list pages: mapped until this entry is dropped.
     _prps: Prps,
     _metadata: Option<DmaBuffer>,
@@ -88,6 +90,20 @@ pub(crate) struct QueuePair {
     cq_state: Mutex<CqState>,
     metrics: Arc<NvmeMetrics>,
     pool: Arc<PrpPagePool>,
+    /// Polling mode: set while one submitter polls the CQ for everybody.
+    poller: AtomicBool,
+    /// Polling mode: wakes a waiter to take over when the poller leaves.
+    poller_left: Notify,
+}
+
+/// The polling role; released (and handed on) on drop, cancellation included.
+struct PollerRole<'a>(&'a QueuePair);
+
+impl Drop for PollerRole<'_> {
+    fn drop(&mut self) {
+        self.0.poller.store(false, Ordering::Release);
+        self.0.poller_left.notify_one();
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -155,7 +171,41 @@ impl QueuePair {
             }),
             metrics,
             pool,
+            poller: AtomicBool::new(false),
+            poller_left: Notify::new(),
         })
+    }
+
+    /// Polling mode: waits for a completion without interrupts. One waiter at a time
+    /// polls the completion queue (and wakes the others' commands as it finds them); the
+    /// rest sleep until their completion arrives or the poller leaves.
+    pub async fn poll_for(&self, rx: &mut Waiter) -> Option<Result<Completion, NvmeError>> {
+        loop {
+            if self
+                .poller
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                let _role = PollerRole(self);
+                loop {
+                    self.process_completions();
+                    match rx.try_recv() {
+                        Ok(r) => return Some(r),
+                        Err(TryRecvError::Closed) => return None,
+                        Err(TryRecvError::Empty) => {
+                            // Nothing yet: let other threads run (the device may be
+                            // software sharing these CPUs), then other tasks.
+                            std::thread::yield_now();
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                r = &mut *rx => return r.ok(),
+                _ = self.poller_left.notified() => {}
+            }
+        }
     }
 
     pub fn sq_iova(&self) -> u64 {
@@ -250,6 +300,12 @@ impl QueuePair {
     /// worth), wakes their submitters and moves the CQ head doorbell. Returns how many
     /// entries were consumed.
     pub fn process_completions(&self) -> usize {
+        self.process(false)
+    }
+
+    /// `process_completions`; a `sweep` that finds entries counts a lost interrupt, before
+    /// anybody is woken.
+    fn process(&self, sweep: bool) -> usize {
         let status_dword = offset_of!(vpu_cqe, cid);
         let mut cq = lock(&self.cq_state);
         let mut wake = Vec::new();
@@ -285,6 +341,11 @@ impl QueuePair {
             }
         }
         drop(cq);
+        if sweep && consumed > 0 {
+            NvmeMetrics::inc(&self.metrics.lost_interrupts);
+            tracing::warn!(device = %self.device, queue = self.qid, consumed,
+                "completions found without an interrupt");
+        }
         for (tx, result) in wake {
             // The submitter may have stopped waiting; nothing to do then.
             let _ = tx.send(result);
@@ -292,8 +353,17 @@ impl QueuePair {
         consumed
     }
 
+    /// Interrupt mode, after a silent sweep interval: consumes completions that arrived
+    /// without their interrupt, counting them as lost interrupts.
+    pub fn sweep(&self) {
+        if self.in_flight() == 0 {
+            return;
+        }
+        self.process(true);
+    }
+
     /// Validates one completion entry against the commands in flight.
-    fn complete(&self, cqe: &RawCqe) -> Option<(Notify, Result<Completion, NvmeError>)> {
+    fn complete(&self, cqe: &RawCqe) -> Option<(Notifier, Result<Completion, NvmeError>)> {
         let mut sq = lock(&self.sq_state);
         let index = usize::from(cqe.cid & self.slot_mask);
         let known = sq
