@@ -70,6 +70,11 @@ fi
 for bin in vpud vpuctl; do
     [ -x "$from/$bin" ] || die "$from/$bin not found: build it with 'cargo build --release -p vpud', or point --from at the directory holding it"
 done
+for file in vpud.service org.vpud.Vpud1.service org.vpud.Vpud1.conf org.vpud.Vpud1.xml \
+    org.vpud.Vpud1.policy vpud.sysusers vpud.toml ../../udev/70-vpud.rules \
+    ../../docs/operations.md; do
+    [ -f "$here/$file" ] || die "$here/$file is missing: is this a complete source tree?"
+done
 
 bindir=$prefix/bin
 docdir=$prefix/share/doc/vpud

@@ -387,8 +387,9 @@ fn sysusers_creates_the_service_user_in_group_vpu() {
     assert_eq!(vpu[3], "vpud", "vpud is the only member of vpu");
 }
 
-/// Creates the service user and group from the shipped sysusers file, and two test users:
-/// `vpu-test-member` (in group `vpu`) and `vpu-test-outsider` (not). Idempotent.
+/// Creates the service user and group from the shipped sysusers file, and three test
+/// users: `vpu-test-member` and `vpu-test-admin` (in group `vpu`), `vpu-test-outsider`
+/// (not). Idempotent.
 fn ensure_users() {
     require_root();
     check(Command::new("systemd-sysusers").arg(workspace().join("daemon/dist/vpud.sysusers")));
@@ -396,6 +397,8 @@ fn ensure_users() {
         "--inline",
         "u vpu-test-member - \"vpud test user in group vpu\" /nonexistent",
         "m vpu-test-member vpu",
+        "u vpu-test-admin - \"vpud test user granted card administration\" /nonexistent",
+        "m vpu-test-admin vpu",
         "u vpu-test-outsider - \"vpud test user outside group vpu\" /nonexistent",
     ]));
     let groups = check(Command::new("id").args(["-nG", "vpu-test-outsider"]));

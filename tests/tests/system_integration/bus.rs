@@ -19,17 +19,62 @@ use crate::{ensure_users, install, require_root, run, TempDir};
 const NAME: &str = "org.vpud.Vpud1";
 const MEMBER: &str = "vpu-test-member";
 const OUTSIDER: &str = "vpu-test-outsider";
+/// In group `vpu`, and granted `org.vpud.Vpud1.manage-cards` by [`POLKIT_RULE`].
+const ADMIN: &str = "vpu-test-admin";
 
-/// A private system bus with our policy.
+/// A private system bus with our policy, and optionally polkit.
 struct SystemBus {
     tmp: TempDir,
     root: PathBuf,
     daemon: Child,
     address: String,
+    /// polkitd serving this bus, when started.
+    polkitd: Option<Child>,
 }
+
+/// A polkit rule granting card administration to `vpu-test-admin`, as an operator would
+/// grant it (see `docs/operations.md`).
+const POLKIT_RULE: &str = r#"polkit.addRule(function(action, subject) {
+    if (action.id == "org.vpud.Vpud1.manage-cards" && subject.user == "vpu-test-admin")
+        return polkit.Result.YES;
+});
+"#;
+
+/// Runs polkitd on our bus with the installed action file and [`POLKIT_RULE`] (bound over
+/// the system's in a private mount namespace) beside the system's default rules.
+const POLKITD: &str = r#"set -e
+mount --bind "$ACTIONS" /usr/share/polkit-1/actions
+mount --bind "$RULES" /etc/polkit-1/rules.d
+exec /usr/lib/polkit-1/polkitd --no-debug
+"#;
 
 impl SystemBus {
     fn start() -> SystemBus {
+        SystemBus::start_with(false)
+    }
+
+    /// The bus, and polkitd on it.
+    fn start_with_polkit() -> SystemBus {
+        let mut bus = SystemBus::start_with(true);
+        let rules = bus.tmp.path().join("polkit-rules");
+        fs::create_dir_all(&rules).expect("mkdir rules");
+        fs::write(rules.join("50-vpud-test.rules"), POLKIT_RULE).expect("write rule");
+        let log = fs::File::create(bus.tmp.path().join("polkitd.log")).expect("polkitd log");
+        let polkitd = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", POLKITD])
+            .env("ACTIONS", bus.root.join("usr/share/polkit-1/actions"))
+            .env("RULES", &rules)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("start polkitd (package polkitd)");
+        bus.polkitd = Some(polkitd);
+        bus.wait_for_name("org.freedesktop.PolicyKit1", || None);
+        bus
+    }
+
+    fn start_with(polkit: bool) -> SystemBus {
         require_root();
         ensure_users();
         let tmp = TempDir::new("bus");
@@ -44,7 +89,13 @@ impl SystemBus {
         for (from, to) in [
             ("<user>messagebus</user>", String::new()),
             ("<fork/>", String::new()),
-            ("<standard_system_servicedirs/>", String::new()),
+            (
+                "<standard_system_servicedirs/>",
+                format!(
+                    "<servicedir>{}</servicedir>",
+                    root.join("usr/share/dbus-1/system-services").display()
+                ),
+            ),
             (
                 "<servicehelper>/usr/lib/dbus-1.0/dbus-daemon-launch-helper</servicehelper>",
                 String::new(),
@@ -57,7 +108,15 @@ impl SystemBus {
             ),
             (
                 "<includedir>system.d</includedir>",
-                format!("<include>{}</include>", policy.display()),
+                format!(
+                    "<include>{}</include>{}",
+                    policy.display(),
+                    if polkit {
+                        "<include>/usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf</include>"
+                    } else {
+                        ""
+                    }
+                ),
             ),
             (
                 "<includedir>/etc/dbus-1/system.d</includedir>",
@@ -92,6 +151,7 @@ impl SystemBus {
             root,
             daemon,
             address,
+            polkitd: None,
         }
     }
 
@@ -156,6 +216,16 @@ impl SystemBus {
 
     /// Waits until vpud owns its name, or fails with its log.
     fn wait_for_vpud(&self, vpud: &mut Vpud) {
+        self.wait_for_name(NAME, || {
+            vpud.child
+                .try_wait()
+                .expect("try_wait")
+                .map(|status| format!("vpud exited ({status}):\n{}", vpud.log()))
+        });
+    }
+
+    /// Waits until `name` has an owner; `failed` says why it never will.
+    fn wait_for_name(&self, name: &str, mut failed: impl FnMut() -> Option<String>) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = run(Command::new("dbus-send")
@@ -166,18 +236,14 @@ impl SystemBus {
                     "/org/freedesktop/DBus",
                     "org.freedesktop.DBus.NameHasOwner",
                 ])
-                .arg(format!("string:{NAME}")));
+                .arg(format!("string:{name}")));
             if String::from_utf8_lossy(&out.stdout).contains("boolean true") {
                 return;
             }
-            if let Some(status) = vpud.child.try_wait().expect("try_wait") {
-                panic!("vpud exited ({status}):\n{}", vpud.log());
+            if let Some(why) = failed() {
+                panic!("{why}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "vpud did not own {NAME}:\n{}",
-                vpud.log()
-            );
+            assert!(Instant::now() < deadline, "nobody owns {name} after 30 s");
             sleep(Duration::from_millis(100));
         }
     }
@@ -185,6 +251,10 @@ impl SystemBus {
 
 impl Drop for SystemBus {
     fn drop(&mut self) {
+        if let Some(mut polkitd) = self.polkitd.take() {
+            let _ = polkitd.kill();
+            let _ = polkitd.wait();
+        }
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
     }
@@ -236,6 +306,23 @@ fn only_user_vpud_may_own_the_name() {
     assert!(out.status.success(), "{out:?}");
     // 1: DBUS_REQUEST_NAME_REPLY_PRIMARY_OWNER
     assert!(stdout(&out).contains("uint32 1"), "{out:?}");
+}
+
+#[test]
+fn the_bus_accepts_the_activation_file() {
+    let bus = SystemBus::start();
+    let out = run(Command::new("dbus-send")
+        .arg(format!("--bus={}", bus.address))
+        .args([
+            "--print-reply",
+            "--dest=org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.ListActivatableNames",
+        ]));
+    assert!(
+        stdout(&out).contains(&format!("string \"{NAME}\"")),
+        "{NAME} not activatable: {out:?}"
+    );
 }
 
 #[test]
@@ -403,4 +490,111 @@ fn card_administration_is_for_root_only() {
         vpud.log()
     );
     assert_eq!(card_state(&bus), "(<'online'>,)");
+}
+
+#[test]
+fn card_administration_can_be_granted_through_polkit() {
+    let bus = SystemBus::start_with_polkit();
+    let mut vpud = bus.start_vpud("vpud");
+    bus.wait_for_vpud(&mut vpud);
+    let card = "/org/vpud/Vpud1/card/0";
+
+    // polkit answers, and says no: administrator authentication, and no agent to ask.
+    let out = bus.call(MEMBER, card, "org.vpud.Vpud1.Card.Drain", &[]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("org.vpud.Vpud1.Error.AccessDenied"),
+        "Drain by a member of vpu without authorization: {out:?}"
+    );
+    assert_eq!(card_state(&bus), "(<'online'>,)");
+
+    // The rule grants it to vpu-test-admin.
+    let out = bus.call(ADMIN, card, "org.vpud.Vpud1.Card.Drain", &[]);
+    assert!(
+        out.status.success(),
+        "Drain by {ADMIN}: {out:?}\n{}",
+        vpud.log()
+    );
+    assert_eq!(card_state(&bus), "(<'draining'>,)");
+    let out = bus.call(ADMIN, card, "org.vpud.Vpud1.Card.Resume", &[]);
+    assert!(
+        out.status.success(),
+        "Resume by {ADMIN}: {out:?}\n{}",
+        vpud.log()
+    );
+    assert_eq!(card_state(&bus), "(<'online'>,)");
+}
+
+#[test]
+fn polkit_registers_the_manage_cards_action() {
+    let bus = SystemBus::start_with_polkit();
+    let out = run(Command::new("pkaction")
+        .args(["--verbose", "--action-id", "org.vpud.Vpud1.manage-cards"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address));
+    let text = stdout(&out);
+    assert!(out.status.success(), "{out:?}");
+    for line in [
+        "implicit any:      auth_admin",
+        "implicit inactive: auth_admin",
+        "implicit active:   auth_admin",
+        "annotation:        org.freedesktop.policykit.owner -> unix-user:vpud",
+    ] {
+        assert!(text.contains(line), "missing '{line}':\n{text}");
+    }
+}
+
+/// What polkit tells user vpud about a process of `user`: vpud may ask (it owns the
+/// action), and the answer follows the rules.
+fn polkit_answer_for(bus: &SystemBus, user: &str) -> String {
+    let mut subject = bus
+        .as_user(user, "sleep")
+        .arg("30")
+        .spawn()
+        .expect("start subject process");
+    // Once setpriv has exec'd sleep, the process runs as `user`.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read_link(format!("/proc/{}/exe", subject.id()))
+        .is_ok_and(|exe| !exe.ends_with("sleep"))
+    {
+        assert!(Instant::now() < deadline, "setpriv did not exec sleep");
+        sleep(Duration::from_millis(10));
+    }
+    // Field 22 of /proc/PID/stat, after the parenthesised command name.
+    let stat = fs::read_to_string(format!("/proc/{}/stat", subject.id())).expect("stat");
+    let start_time = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+        .expect("start time")
+        .to_owned();
+    let out = run(bus
+        .as_user("vpud", "gdbus")
+        .args(["call", "--address", &bus.address])
+        .args(["--dest", "org.freedesktop.PolicyKit1"])
+        .args(["--object-path", "/org/freedesktop/PolicyKit1/Authority"])
+        .args([
+            "--method",
+            "org.freedesktop.PolicyKit1.Authority.CheckAuthorization",
+        ])
+        .arg(format!(
+            "('unix-process', {{'pid': <uint32 {}>, 'start-time': <uint64 {start_time}>}})",
+            subject.id()
+        ))
+        .args(["org.vpud.Vpud1.manage-cards", "@a{ss} {}", "0", "''"]));
+    let _ = subject.kill();
+    let _ = subject.wait();
+    assert!(out.status.success(), "CheckAuthorization as vpud: {out:?}");
+    stdout(&out).trim().to_owned()
+}
+
+#[test]
+fn vpud_may_ask_polkit_about_its_callers() {
+    let bus = SystemBus::start_with_polkit();
+    // (authorized, challenge, details)
+    assert_eq!(
+        polkit_answer_for(&bus, ADMIN),
+        "((true, false, @a{ss} {}),)"
+    );
+    assert_eq!(
+        polkit_answer_for(&bus, MEMBER),
+        "((false, true, @a{ss} {}),)"
+    );
 }
