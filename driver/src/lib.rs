@@ -9,11 +9,13 @@
 //! - [`nvme`]: the NVMe transport: controller bring-up, admin and I/O queue pairs, PRPs,
 //!   doorbells, completions on eventfds, per-command timeouts;
 //! - [`card`]: the video command set on top: identify, sessions, frames in, packets out.
+//! - [`media`]: Y4M reading and writing and a synthetic test pattern, for tools and tests.
 //!
 //! No D-Bus and no scheduling live here; that is the daemon's.
 
-pub mod io;
 pub mod card;
 pub mod emu;
+pub mod io;
+pub mod media;
 pub mod nvme;
 pub mod vfio;

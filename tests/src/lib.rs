@@ -1,2 +1,14 @@
 //! Shared helpers of vpud's whole-system tests: synthetic clips, decoding with openh264
 //! and with Debian's `ffmpeg`/`ffprobe`, PSNR, and locating the workspace's binaries.
+//!
+//! - [`clip`]: synthetic I420 clips from the driver's test pattern;
+//! - [`decode`]: H.264 decoding in-process (openh264) and with `ffmpeg`/`ffprobe`, and
+//!   Annex-B NAL inspection;
+//! - [`quality`]: PSNR, and
+//! - [`daemon`]: a private bus with vpud on it, zbus and data-channel clients, `gdbus` and
+//!   `busctl`.
+
+pub mod clip;
+pub mod daemon;
+pub mod decode;
+pub mod quality;

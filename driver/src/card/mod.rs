@@ -1,1 +1,22 @@
-//! The video command set on top of the NVMe transport: identify, sessions, frames in, packets out.
+//! The video command set on top of the NVMe transport: identify, sessions, frames in,
+//! packets out. This is the API the daemon uses.
+//!
+//! - [`types`]: codecs, pixel formats, session configuration, packets, statistics;
+//! - [`identity`]: the card's identity from Identify Controller's VPU block;
+//! - [`device`]: [`Card`], its sessions and commands;
+//! - [`pool`]: reusable DMA buffers for copied frames and bitstream output.
+
+mod device;
+mod error;
+mod identity;
+mod pool;
+mod types;
+
+pub use crate::nvme::VendorStatus;
+pub use device::{Card, CardMetrics, CardMetricsSnapshot};
+pub use error::CardError;
+pub use identity::CardIdentity;
+pub use types::{
+    CardOptions, Codec, EngineStats, FrameInput, FrameType, Packet, PixelFormat, RateControl,
+    Reconfigure, SessionConfig, SessionId, SessionStats,
+};

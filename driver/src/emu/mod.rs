@@ -1,1 +1,68 @@
-//! The emulated VPU card: an NVMe controller model with video engines running a software H.264 encoder.
+//! The emulated VPU card: an NVMe controller model with video engines running a software
+//! H.264 encoder.
+//!
+//! [`EmulatedCard`] implements [`DeviceIo`](crate::io::DeviceIo) the way a real card behind
+//! VFIO behaves, per `ffi/include/vpu.h`: a register file on BAR0 with the CC.EN/CSTS.RDY
+//! handshake, PCI configuration space with Bus Master Enable, queues read from and written
+//! to host memory through an IOVA table (an unmapped IOVA is a DMA fault, as behind an
+//! IOMMU), completions with phase tags, one interrupt eventfd per completion queue, and
+//! `engines` worker threads that encode with `openh264`. Faults can be injected
+//! ([`Fault`]).
+//!
+//! Layout: `card` (the `DeviceIo` face and thread ownership), `pci` (config space), `regs`
+//! (controller registers and the enable/reset state machine), `queues` (submission and
+//! completion queues, completion posting, interrupts), `controller` (the thread that
+//! fetches commands), `admin` and `io_cmd` (command handlers), `dma` and `prp` (IOVA table
+//! and PRP walking), `session` and `engine` (the encoders), `fault`, `config`.
+
+mod admin;
+mod card;
+mod config;
+mod controller;
+mod dma;
+mod engine;
+mod fault;
+mod io_cmd;
+mod pci;
+mod prp;
+mod queues;
+mod regs;
+mod session;
+#[cfg(test)]
+mod tests;
+
+pub use card::{EmuCounters, EmulatedCard};
+pub use config::EmuConfig;
+pub use fault::Fault;
+
+use std::sync::{Mutex, MutexGuard};
+
+/// Errors of the emulated card, named for the operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EmuError {
+    #[error("invalid emulated card configuration for {card}: {reason}")]
+    InvalidConfig { card: String, reason: String },
+    #[error("starting thread {thread} of {card} failed")]
+    SpawnThread {
+        card: String,
+        thread: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unknown fault kind {kind:?} (known: {known})")]
+    UnknownFault { kind: String, known: String },
+    #[error("invalid {kind} fault: {reason}")]
+    InvalidFault { kind: &'static str, reason: String },
+    #[error("injecting a fault into {card}: engine {engine} does not exist ({engines} engines)")]
+    InjectEngine {
+        card: String,
+        engine: u8,
+        engines: u8,
+    },
+}
+
+/// Locks a mutex, recovering the data if a thread panicked while holding it: the device
+/// model keeps answering rather than propagating a poisoned lock to the host.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -224,9 +224,19 @@ impl Drop for HostRegion {
     }
 }
 
-/// A host region mapped for one device. Unmapped from the device on drop; if the backend
-/// cannot unmap it, the memory is leaked rather than reused while the device may reach it.
+/// A host region mapped for one device. The mapping is shared by every clone of the
+/// buffer (cloning is cheap): the transport holds a clone for each command that uses the
+/// buffer, so the IOVA stays mapped until the device has completed the command even if
+/// the caller drops its handle first. Unmapped from the device when the last clone is
+/// dropped; if the backend cannot unmap it, the memory is leaked rather than reused while
+/// the device may reach it.
+#[derive(Clone)]
 pub struct DmaBuffer {
+    mapping: Arc<Mapping>,
+}
+
+/// The one mapping behind all clones of a `DmaBuffer`.
+struct Mapping {
     io: Arc<dyn DeviceIo>,
     region: Arc<HostRegion>,
     iova: u64,
@@ -235,45 +245,53 @@ pub struct DmaBuffer {
 impl fmt::Debug for DmaBuffer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DmaBuffer")
-            .field("device", &self.io.info().name)
-            .field("iova", &format_args!("{:#x}", self.iova))
-            .field("len", &self.region.len())
+            .field("device", &self.mapping.io.info().name)
+            .field("iova", &format_args!("{:#x}", self.mapping.iova))
+            .field("len", &self.mapping.region.len())
             .finish()
     }
 }
 
 impl DmaBuffer {
     pub(super) fn new(io: Arc<dyn DeviceIo>, region: Arc<HostRegion>, iova: u64) -> Self {
-        Self { io, region, iova }
+        Self {
+            mapping: Arc::new(Mapping { io, region, iova }),
+        }
     }
 
     /// The address the device uses for the first byte.
     pub fn iova(&self) -> u64 {
-        self.iova
+        self.mapping.iova
     }
 
     pub fn len(&self) -> usize {
-        self.region.len()
+        self.mapping.region.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.region.is_empty()
+        self.mapping.region.is_empty()
     }
 
     /// The host side of the buffer.
     pub fn region(&self) -> &Arc<HostRegion> {
-        &self.region
+        &self.mapping.region
+    }
+
+    /// True when no other clone of this buffer exists, i.e. no command in flight holds
+    /// it: only then may a pool hand the memory to another command.
+    pub fn is_unique(&self) -> bool {
+        Arc::strong_count(&self.mapping) == 1
     }
 }
 
 impl std::ops::Deref for DmaBuffer {
     type Target = HostRegion;
     fn deref(&self) -> &HostRegion {
-        &self.region
+        &self.mapping.region
     }
 }
 
-impl Drop for DmaBuffer {
+impl Drop for Mapping {
     fn drop(&mut self) {
         if let Err(e) = self.io.dma_unmap(self.iova, self.region.len()) {
             tracing::error!(

@@ -8,7 +8,7 @@
 
 mod memory;
 
-pub use memory::{DmaBuffer, DmaDirection, HostRegion};
+pub use memory::{DmaBuffer, DmaDirection, HostRegion, PAGE_SIZE};
 
 use std::fmt;
 use std::sync::Arc;
@@ -85,6 +85,11 @@ pub enum IoError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "mapping {len} bytes for DMA exceeds the locked-memory limit RLIMIT_MEMLOCK of \
+         {limit} bytes ({locked} bytes locked already)"
+    )]
+    DmaMemlock { len: usize, limit: u64, locked: u64 },
     #[error("IOVA space exhausted: no free range of {len} bytes")]
     IovaExhausted { len: usize },
     #[error("unmapping DMA at iova {iova:#x} ({len} bytes) failed")]

@@ -1,0 +1,422 @@
+//! vpud's configuration file (TOML, `/etc/vpud/vpud.toml` by default).
+//!
+//! Every section and field is optional; unknown fields and bad values are errors that name
+//! the field and what it accepts. `daemon/dist/vpud.toml` documents each option.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where vpud looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/vpud/vpud.toml";
+
+/// Errors loading the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading configuration {path} failed")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("configuration {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("configuration {path}: {field} = {value}: {accepted}")]
+    Invalid {
+        path: String,
+        field: &'static str,
+        value: String,
+        accepted: &'static str,
+    },
+}
+
+/// Placement policy for new sessions (`Manager.Policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// The least loaded card (spreads heat and failure risk).
+    #[default]
+    Spread,
+    /// The most loaded card that still fits (keeps whole cards free).
+    Pack,
+}
+
+impl Policy {
+    /// The name the D-Bus API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Spread => "spread",
+            Policy::Pack => "pack",
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Placement policy.
+    pub policy: Policy,
+    pub scheduler: SchedulerConfig,
+    pub quotas: Quotas,
+    pub emulated: EmulatedConfig,
+    pub vfio: VfioConfig,
+    pub timeouts: Timeouts,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            policy: Policy::Spread,
+            scheduler: SchedulerConfig::default(),
+            quotas: Quotas::default(),
+            emulated: EmulatedConfig::default(),
+            vfio: VfioConfig::default(),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// Scheduler tuning (see `docs/scheduling.md`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// Percent of every card's capacity that `batch` sessions may not use, kept for
+    /// `realtime` ones. 0–100.
+    pub realtime_reserve_percent: u8,
+    /// Weight of the card's measured load against the modelled load, 0.0–1.0 (0: model
+    /// only).
+    pub measured_load_weight: f64,
+    /// How often the card's engine log is read for the measured load, in milliseconds.
+    pub load_sample_interval_ms: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            realtime_reserve_percent: 20,
+            measured_load_weight: 0.5,
+            load_sample_interval_ms: 1000,
+        }
+    }
+}
+
+/// Per-client limits; a client is one bus connection (unique name).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quotas {
+    /// Sessions one client may hold at once; 0 means no limit.
+    pub sessions_per_client: u32,
+    /// Load units one client may hold at once, all cards together; 0 means no limit.
+    pub load_per_client: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            sessions_per_client: 64,
+            load_per_client: 0,
+        }
+    }
+}
+
+/// Emulated cards (in addition to `--emulate N`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmulatedConfig {
+    /// How many emulated cards to add.
+    pub count: u32,
+    /// Encode engines per card, 1–16.
+    pub engines: u8,
+    /// Load units per engine.
+    pub capacity_per_engine: u32,
+    /// Luma samples per second one engine sustains.
+    pub pixel_rate_per_engine: u64,
+    /// Throttle engines to the declared pixel rate.
+    pub pace: bool,
+    /// Concurrent sessions one engine accepts.
+    pub max_sessions_per_engine: u16,
+    /// Frames one session may have in flight.
+    pub max_frames_in_flight: u16,
+}
+
+impl Default for EmulatedConfig {
+    fn default() -> Self {
+        EmulatedConfig {
+            count: 0,
+            engines: 2,
+            capacity_per_engine: vpu_ffi::VPU_LOAD_UNITS_PER_ENGINE,
+            pixel_rate_per_engine: 1280 * 720 * 240,
+            pace: false,
+            max_sessions_per_engine: 16,
+            max_frames_in_flight: 8,
+        }
+    }
+}
+
+/// Which PCI functions bound to `vfio-pci` are tried as cards.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VfioConfig {
+    /// Look for cards at all.
+    pub enabled: bool,
+    /// Try every function with the NVMe class code (0x010802); plain NVMe controllers are
+    /// recognised by Identify and skipped.
+    pub nvme_class: bool,
+    /// Extra `"vvvv:dddd"` vendor:device IDs (hex) to try.
+    pub ids: Vec<String>,
+}
+
+impl Default for VfioConfig {
+    fn default() -> Self {
+        VfioConfig {
+            enabled: true,
+            nvme_class: true,
+            ids: Vec::new(),
+        }
+    }
+}
+
+impl VfioConfig {
+    /// The parsed `ids`; validated by [`Config::validate`].
+    pub fn parsed_ids(&self) -> Vec<(u16, u16)> {
+        self.ids.iter().filter_map(|s| parse_pci_id(s)).collect()
+    }
+}
+
+/// Command timeouts.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Per-command timeout on the card, in milliseconds (100–600000).
+    pub command_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { command_ms: 5000 }
+    }
+}
+
+impl Timeouts {
+    pub fn command(&self) -> Duration {
+        Duration::from_millis(self.command_ms)
+    }
+}
+
+fn parse_pci_id(s: &str) -> Option<(u16, u16)> {
+    let (v, d) = s.split_once(':')?;
+    if v.len() != 4 || d.len() != 4 {
+        return None;
+    }
+    Some((
+        u16::from_str_radix(v, 16).ok()?,
+        u16::from_str_radix(d, 16).ok()?,
+    ))
+}
+
+impl Config {
+    /// Loads the configuration. `None`: the default path, where a missing file means the
+    /// defaults; an explicit path must exist.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (path, explicit) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Config::parse(&text, &path.display().to_string()),
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Config::default())
+            }
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
+    /// Parses and validates configuration text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// Checks value ranges that the types alone do not express.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |field, value: String, accepted| ConfigError::Invalid {
+            path: origin.to_owned(),
+            field,
+            value,
+            accepted,
+        };
+        let s = &self.scheduler;
+        if s.realtime_reserve_percent > 100 {
+            return Err(invalid(
+                "scheduler.realtime_reserve_percent",
+                s.realtime_reserve_percent.to_string(),
+                "a percentage, 0 to 100",
+            ));
+        }
+        if !(0.0..=1.0).contains(&s.measured_load_weight) {
+            return Err(invalid(
+                "scheduler.measured_load_weight",
+                s.measured_load_weight.to_string(),
+                "a weight from 0.0 (model only) to 1.0 (measurement only)",
+            ));
+        }
+        if !(100..=60_000).contains(&s.load_sample_interval_ms) {
+            return Err(invalid(
+                "scheduler.load_sample_interval_ms",
+                s.load_sample_interval_ms.to_string(),
+                "milliseconds, 100 to 60000",
+            ));
+        }
+        let e = &self.emulated;
+        if e.count > 64 {
+            return Err(invalid(
+                "emulated.count",
+                e.count.to_string(),
+                "0 to 64 cards",
+            ));
+        }
+        if !(1..=16).contains(&e.engines) {
+            return Err(invalid(
+                "emulated.engines",
+                e.engines.to_string(),
+                "1 to 16 engines",
+            ));
+        }
+        if e.capacity_per_engine == 0 {
+            return Err(invalid(
+                "emulated.capacity_per_engine",
+                "0".into(),
+                "a positive number of load units",
+            ));
+        }
+        if e.pixel_rate_per_engine == 0 {
+            return Err(invalid(
+                "emulated.pixel_rate_per_engine",
+                "0".into(),
+                "a positive number of luma samples per second",
+            ));
+        }
+        if e.max_sessions_per_engine == 0 {
+            return Err(invalid(
+                "emulated.max_sessions_per_engine",
+                "0".into(),
+                "1 to 65535",
+            ));
+        }
+        if !(1..=256).contains(&e.max_frames_in_flight) {
+            return Err(invalid(
+                "emulated.max_frames_in_flight",
+                e.max_frames_in_flight.to_string(),
+                "1 to 256",
+            ));
+        }
+        for id in &self.vfio.ids {
+            if parse_pci_id(id).is_none() {
+                return Err(invalid(
+                    "vfio.ids",
+                    format!("{id:?}"),
+                    "\"vvvv:dddd\": PCI vendor and device ID, four hex digits each",
+                ));
+            }
+        }
+        if !(100..=600_000).contains(&self.timeouts.command_ms) {
+            return Err(invalid(
+                "timeouts.command_ms",
+                self.timeouts.command_ms.to_string(),
+                "milliseconds, 100 to 600000",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(Config::parse("", "t").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = Config::parse(
+            r#"
+policy = "pack"
+[scheduler]
+realtime_reserve_percent = 10
+measured_load_weight = 0.25
+load_sample_interval_ms = 500
+[quotas]
+sessions_per_client = 4
+load_per_client = 1500000
+[emulated]
+count = 2
+engines = 4
+capacity_per_engine = 1000
+pixel_rate_per_engine = 1000000
+pace = true
+max_sessions_per_engine = 3
+max_frames_in_flight = 4
+[vfio]
+enabled = true
+nvme_class = false
+ids = ["1ded:5650"]
+[timeouts]
+command_ms = 2000
+"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.policy, Policy::Pack);
+        assert_eq!(c.quotas.sessions_per_client, 4);
+        assert_eq!(c.emulated.engines, 4);
+        assert_eq!(c.vfio.parsed_ids(), vec![(0x1ded, 0x5650)]);
+        assert_eq!(c.timeouts.command(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn unknown_fields_name_the_field() {
+        let e = Config::parse("[quotas]\nsesions_per_client = 3\n", "t").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("sesions_per_client"), "{msg}");
+        assert!(msg.contains("sessions_per_client"), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_say_what_is_accepted() {
+        let e = Config::parse("policy = \"random\"\n", "t").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("spread") && msg.contains("pack"), "{msg}");
+
+        let e = Config::parse("[emulated]\nengines = 0\n", "t").unwrap_err();
+        assert!(e.to_string().contains("emulated.engines"), "{e}");
+        assert!(e.to_string().contains("1 to 16"), "{e}");
+
+        let e = Config::parse("[vfio]\nids = [\"zz:1\"]\n", "t").unwrap_err();
+        assert!(e.to_string().contains("vfio.ids"), "{e}");
+
+        let e = Config::parse("[scheduler]\nrealtime_reserve_percent = 101\n", "t").unwrap_err();
+        assert!(e.to_string().contains("0 to 100"), "{e}");
+
+        let e = Config::parse("[timeouts]\ncommand_ms = \"fast\"\n", "t").unwrap_err();
+        assert!(e.to_string().contains("command_ms"), "{e}");
+    }
+
+    #[test]
+    fn missing_default_file_is_defaults_but_missing_explicit_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.toml");
+        assert!(matches!(
+            Config::load(Some(&missing)),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

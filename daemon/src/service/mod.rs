@@ -1,0 +1,362 @@
+//! The daemon as a library: [`run`] serves the D-Bus API until a shutdown future
+//! resolves; [`Embedded`] runs a private bus and the daemon inside the caller's process
+//! (for `vpuctl --emulate`, `vpuctl demo` and tests).
+
+pub mod health;
+pub mod state;
+
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use zbus::OwnedObjectPath;
+
+use crate::bus::{BusError, PrivateBus};
+use crate::channel::proto::ErrorCode;
+use crate::config::{Config, ConfigError};
+use crate::dbus;
+use crate::discovery::{self, DiscoveryError};
+use crate::metrics::Metrics;
+use crate::notify::{self, Notifier};
+use state::{CardEntry, Daemon, ROOT_PATH};
+
+/// Which message bus the daemon serves on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusChoice {
+    /// The system bus (production).
+    System,
+    /// The user's session bus.
+    Session,
+    /// A private `dbus-daemon` started for this daemon; its address is reported through
+    /// [`RunOptions::ready`].
+    Private,
+    /// A bus at this D-Bus address (`unix:path=…`).
+    Address(String),
+}
+
+impl FromStr for BusChoice {
+    type Err = ServiceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "system" => BusChoice::System,
+            "session" => BusChoice::Session,
+            "private" => BusChoice::Private,
+            a if a.contains(':') && a.contains('=') => BusChoice::Address(a.to_owned()),
+            other => {
+                return Err(ServiceError::BadBus {
+                    given: other.to_owned(),
+                })
+            }
+        })
+    }
+}
+
+/// What the daemon reports once it owns its bus name.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// The address of the bus it serves on.
+    pub address: String,
+    /// The daemon's state (cards, sessions, metrics), for embedders and tests.
+    pub daemon: Arc<Daemon>,
+}
+
+/// Options of one daemon run that do not come from the configuration file.
+#[derive(Debug)]
+pub struct RunOptions {
+    pub bus: BusChoice,
+    /// Emulated cards to add to those of the configuration (`--emulate N`).
+    pub emulate: u32,
+    /// Told once the bus name is owned and the daemon serves requests.
+    pub ready: Option<oneshot::Sender<Ready>>,
+    /// Send `READY=1` and watchdog pings to systemd (`NOTIFY_SOCKET`).
+    pub systemd_notify: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            bus: BusChoice::System,
+            emulate: 0,
+            ready: None,
+            systemd_notify: true,
+        }
+    }
+}
+
+/// Errors of the daemon as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("--bus {given:?}: expected system, session, private or a D-Bus address such as unix:path=/run/bus")]
+    BadBus { given: String },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("starting a private bus failed")]
+    PrivateBus(#[from] BusError),
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    #[error("no VPU cards found. Bind cards to vfio-pci (install udev/70-vpud.rules, or: echo vfio-pci > /sys/bus/pci/devices/ADDRESS/driver_override; echo ADDRESS > /sys/bus/pci/drivers_probe), or run emulated cards with --emulate N (or [emulated] count = N in the configuration)")]
+    NoCards,
+    #[error("connecting to the {bus} bus failed")]
+    Connect {
+        bus: String,
+        #[source]
+        source: zbus::Error,
+    },
+    #[error("publishing the D-Bus objects failed")]
+    Serve(#[source] zbus::Error),
+    #[error("requesting the bus name {name} failed")]
+    Name {
+        name: &'static str,
+        #[source]
+        source: zbus::Error,
+    },
+    #[error("the bus name {name} is taken (is another vpud running?)")]
+    NameTaken { name: &'static str },
+    #[error("the daemon stopped before it was ready")]
+    NotReady,
+}
+
+/// Runs the daemon until `shutdown` resolves (SIGTERM in the service binary), then closes
+/// every session and shuts the cards down.
+pub async fn run(
+    config: Config,
+    opts: RunOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServiceError> {
+    config.validate("configuration")?;
+    let notifier = if opts.systemd_notify {
+        match Notifier::from_env() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "systemd notification socket unusable");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let found = discovery::discover(&config, opts.emulate).await?;
+    if found.is_empty() {
+        return Err(ServiceError::NoCards);
+    }
+    let cards = found
+        .into_iter()
+        .enumerate()
+        .map(|(index, f)| {
+            Arc::new(CardEntry {
+                index,
+                path: card_path(index),
+                name: f.info.name.clone(),
+                backend: f.info.backend,
+                pci_address: f.info.pci_address.clone(),
+                card: f.card,
+                emulator: f.emulator,
+                errors: AtomicU64::new(0),
+                reset_lock: tokio::sync::Mutex::new(()),
+            })
+        })
+        .collect::<Vec<_>>();
+    for c in &cards {
+        tracing::info!(card = %c.name, index = c.index, backend = %c.backend,
+            capacity = c.card.identity().capacity(), "card online");
+    }
+    let daemon = Arc::new(Daemon::new(config, cards, Arc::new(Metrics::default())));
+
+    let (builder, address, _private) = match &opts.bus {
+        BusChoice::System => (
+            zbus::connection::Builder::system(),
+            std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
+                .unwrap_or_else(|_| "unix:path=/run/dbus/system_bus_socket".into()),
+            None,
+        ),
+        BusChoice::Session => (
+            zbus::connection::Builder::session(),
+            std::env::var("DBUS_SESSION_BUS_ADDRESS").unwrap_or_default(),
+            None,
+        ),
+        BusChoice::Private => {
+            let bus = PrivateBus::start()?;
+            let address = bus.address().to_owned();
+            (
+                zbus::connection::Builder::address(address.as_str()),
+                address,
+                Some(bus),
+            )
+        }
+        BusChoice::Address(a) => (
+            zbus::connection::Builder::address(a.as_str()),
+            a.clone(),
+            None,
+        ),
+    };
+    let bus_name = match &opts.bus {
+        BusChoice::System => "system".to_owned(),
+        BusChoice::Session => "session".to_owned(),
+        _ => address.clone(),
+    };
+    let conn = builder
+        .build()
+        .await
+        .map_err(|source| ServiceError::Connect {
+            bus: bus_name.clone(),
+            source,
+        })?;
+    daemon.set_connection(conn.clone());
+    dbus::serve_objects(&daemon, &conn)
+        .await
+        .map_err(ServiceError::Serve)?;
+    let watcher = tokio::spawn(dbus::watch_clients(Arc::clone(&daemon), conn.clone()));
+    let reply = conn
+        .request_name_with_flags(dbus::BUS_NAME, zbus::fdo::RequestNameFlags::DO_NOT_QUEUE)
+        .await
+        .map_err(|source| ServiceError::Name {
+            name: dbus::BUS_NAME,
+            source,
+        })?;
+    if !matches!(
+        reply,
+        zbus::fdo::RequestNameReply::PrimaryOwner | zbus::fdo::RequestNameReply::AlreadyOwner
+    ) {
+        return Err(ServiceError::NameTaken {
+            name: dbus::BUS_NAME,
+        });
+    }
+    tracing::info!(bus = %bus_name, name = dbus::BUS_NAME, cards = daemon.cards.len(), "serving");
+    if let Some(n) = &notifier {
+        if let Err(e) = n.send("READY=1\nSTATUS=serving") {
+            tracing::warn!(error = %e, "telling systemd we are ready failed");
+        }
+    }
+    if let Some(tx) = opts.ready {
+        let _ = tx.send(Ready {
+            address: address.clone(),
+            daemon: Arc::clone(&daemon),
+        });
+    }
+    let monitor = tokio::spawn(health::monitor(Arc::clone(&daemon)));
+
+    let watchdog = notifier.as_ref().and(notify::watchdog_interval());
+    let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = ping.tick(), if watchdog.is_some() => {
+                if let Some(n) = &notifier {
+                    if let Err(e) = n.send("WATCHDOG=1") {
+                        tracing::warn!(error = %e, "watchdog ping failed");
+                    }
+                }
+            }
+        }
+    }
+
+    tracing::info!("shutting down");
+    if let Some(n) = &notifier {
+        let _ = n.send("STOPPING=1");
+    }
+    daemon.shutting_down.store(true, Ordering::Release);
+    monitor.abort();
+    let sessions = daemon.all_sessions();
+    for s in &sessions {
+        s.request_close(Some(ErrorCode::Shutdown), "the daemon is stopping");
+    }
+    for s in &sessions {
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.wait_finished()).await;
+    }
+    let _ = conn.release_name(dbus::BUS_NAME).await;
+    watcher.abort();
+    for c in &daemon.cards {
+        match tokio::time::timeout(Duration::from_secs(5), c.card.shutdown()).await {
+            Ok(Ok(())) => tracing::info!(card = %c.name, "card shut down"),
+            Ok(Err(e)) => tracing::warn!(card = %c.name, error = %e, "card shutdown failed"),
+            Err(_) => tracing::warn!(card = %c.name, "card shutdown timed out"),
+        }
+    }
+    Ok(())
+}
+
+fn card_path(index: usize) -> OwnedObjectPath {
+    // A path of the fixed root plus a decimal number is always valid.
+    OwnedObjectPath::try_from(format!("{ROOT_PATH}/card/{index}")).unwrap_or_else(|_| {
+        OwnedObjectPath::from(zbus::ObjectPath::from_static_str_unchecked(ROOT_PATH))
+    })
+}
+
+/// A private bus with the daemon running on it, inside this process. Dropping it stops
+/// the daemon and the bus.
+#[derive(Debug)]
+pub struct Embedded {
+    bus: PrivateBus,
+    daemon: Arc<Daemon>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), ServiceError>>>,
+}
+
+impl Embedded {
+    /// Starts a private bus and a daemon with `emulated_cards` emulated cards (added to
+    /// those of `config`) on it; returns once the daemon serves requests.
+    pub async fn start(emulated_cards: u32, config: Config) -> Result<Embedded, ServiceError> {
+        let bus = PrivateBus::start()?;
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let opts = RunOptions {
+            bus: BusChoice::Address(bus.address().to_owned()),
+            emulate: emulated_cards,
+            ready: Some(ready_tx),
+            systemd_notify: false,
+        };
+        let task = tokio::spawn(run(config, opts, async move {
+            let _ = stop_rx.await;
+        }));
+        let ready = match ready_rx.await {
+            Ok(r) => r,
+            // The daemon ended before it was ready: report its own error.
+            Err(_) => {
+                return Err(match task.await {
+                    Ok(Err(e)) => e,
+                    _ => ServiceError::NotReady,
+                })
+            }
+        };
+        Ok(Embedded {
+            bus,
+            daemon: ready.daemon,
+            stop: Some(stop_tx),
+            task: Some(task),
+        })
+    }
+
+    /// The private bus's address.
+    pub fn address(&self) -> &str {
+        self.bus.address()
+    }
+
+    /// The daemon's state: cards (with their emulators), sessions, metrics.
+    pub fn daemon(&self) -> &Arc<Daemon> {
+        &self.daemon
+    }
+
+    /// Stops the daemon (sessions closed, cards shut down) and waits for it.
+    pub async fn stop(mut self) -> Result<(), ServiceError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.unwrap_or(Err(ServiceError::NotReady)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Configuration of an emulated card: its identity, engines and declared capacity.
+
+use vpu_ffi::VPU_LOAD_UNITS_PER_ENGINE;
+
+use super::EmuError;
+
+/// The largest picture the `openh264` encoder accepts (it refuses anything over level 5.2).
+pub(super) const ENCODER_MAX_LONG_SIDE: u16 = 3840;
+pub(super) const ENCODER_MAX_SHORT_SIDE: u16 = 2160;
+
+/// What an emulated card looks like to the host.
+#[derive(Debug, Clone)]
+pub struct EmuConfig {
+    /// Card index: name `emu{index}`, PCI address `0000:e0:{index:02x}.0`.
+    pub index: u32,
+    /// Encode engines, each a worker thread (1..=16).
+    pub engines: u8,
+    /// Load units one engine provides (`VPU_LOAD_UNITS_PER_ENGINE` = one engine).
+    pub capacity_per_engine: u32,
+    /// Luma samples per second one engine sustains, as declared in Identify.
+    pub pixel_rate_per_engine: u64,
+    /// Throttle each engine to `pixel_rate_per_engine`, so that scheduling sees the
+    /// declared throughput rather than the host CPU's.
+    pub pace: bool,
+    /// Largest picture accepted; at most 3840x2160, the software encoder's limit.
+    pub max_width: u16,
+    pub max_height: u16,
+    pub max_sessions_per_engine: u16,
+    pub max_frames_in_flight: u16,
+    /// Identify strings (ASCII; truncated to 20, 40 and 8 bytes).
+    pub serial: String,
+    pub model: String,
+    pub firmware: String,
+}
+
+impl Default for EmuConfig {
+    fn default() -> Self {
+        Self::with_index(0)
+    }
+}
+
+impl EmuConfig {
+    /// Defaults for card `index`, with identity strings derived from it.
+    pub fn with_index(index: u32) -> Self {
+        Self {
+            index,
+            engines: 2,
+            capacity_per_engine: VPU_LOAD_UNITS_PER_ENGINE,
+            pixel_rate_per_engine: 1280 * 720 * 240,
+            pace: false,
+            max_width: ENCODER_MAX_LONG_SIDE,
+            max_height: ENCODER_MAX_SHORT_SIDE,
+            max_sessions_per_engine: 16,
+            max_frames_in_flight: 8,
+            serial: format!("EMU{index:08}"),
+            model: "VPU emulated H.264 encoder".to_string(),
+            firmware: "emu-1.0".to_string(),
+        }
+    }
+
+    /// The card's name in logs and D-Bus: `emu{index}`.
+    pub fn name(&self) -> String {
+        format!("emu{}", self.index)
+    }
+
+    /// The synthetic PCI address the card reports.
+    pub fn pci_address(&self) -> String {
+        format!("0000:e0:{:02x}.0", self.index)
+    }
+
+    pub(super) fn validate(&self) -> Result<(), EmuError> {
+        let bad = |reason: String| {
+            Err(EmuError::InvalidConfig {
+                card: self.name(),
+                reason,
+            })
+        };
+        if self.engines == 0 || u32::from(self.engines) > vpu_ffi::VPU_MAX_ENGINES {
+            return bad(format!(
+                "engines must be 1..={}, got {}",
+                vpu_ffi::VPU_MAX_ENGINES,
+                self.engines
+            ));
+        }
+        if self.capacity_per_engine == 0 {
+            return bad("capacity_per_engine must be non-zero".into());
+        }
+        if self.pixel_rate_per_engine == 0 {
+            return bad("pixel_rate_per_engine must be non-zero".into());
+        }
+        if self.max_width < 16 || self.max_height < 16 {
+            return bad(format!(
+                "maximum picture {}x{} is too small",
+                self.max_width, self.max_height
+            ));
+        }
+        if self.max_width > ENCODER_MAX_LONG_SIDE
+            || self.max_height > ENCODER_MAX_LONG_SIDE
+            || self.max_width.min(self.max_height) > ENCODER_MAX_SHORT_SIDE
+        {
+            return bad(format!(
+                "maximum picture {}x{} exceeds what the encoder supports ({}x{})",
+                self.max_width, self.max_height, ENCODER_MAX_LONG_SIDE, ENCODER_MAX_SHORT_SIDE
+            ));
+        }
+        if self.max_sessions_per_engine == 0 || self.max_frames_in_flight == 0 {
+            return bad("max_sessions_per_engine and max_frames_in_flight must be non-zero".into());
+        }
+        for (what, s) in [
+            ("serial", &self.serial),
+            ("model", &self.model),
+            ("firmware", &self.firmware),
+        ] {
+            if !s.is_ascii() {
+                return bad(format!("{what} must be ASCII"));
+            }
+        }
+        Ok(())
+    }
+}

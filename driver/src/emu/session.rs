@@ -1,0 +1,549 @@
+//! Encode sessions: validated parameters and the persistent `openh264` encoder of each.
+//!
+//! The input frame is read straight from the host's DMA memory: the planes are slices of
+//! the mapped region, handed to the encoder as a `YUVSource` with the session's strides.
+//! Only NV12 chroma (de-interleaved into I420 planes) and frames scattered over several
+//! host regions are copied, into buffers the session keeps between frames.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use openh264::encoder::{
+    BitRate, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Level, Profile,
+    QpRange, RateControlMode, UsageType,
+};
+use openh264::formats::YUVSource;
+use openh264::OpenH264API;
+use vpu_ffi::*;
+
+use super::config::{EmuConfig, ENCODER_MAX_LONG_SIDE, ENCODER_MAX_SHORT_SIDE};
+use super::lock;
+use super::prp::{HostSpan, Spans};
+use super::queues::Status;
+
+/// Validated session parameters.
+#[derive(Debug, Clone)]
+pub(super) struct SessionParams {
+    pub nv12: bool,
+    pub width: usize,
+    pub height: usize,
+    pub fps_num: u32,
+    pub fps_den: u32,
+    pub stride_y: usize,
+    pub stride_uv: usize,
+    pub rate_control: u8,
+    pub qp: u8,
+    pub bitrate: u32,
+    pub gop: u32,
+    pub level: Option<Level>,
+}
+
+fn level(idc: u8) -> Option<Option<Level>> {
+    Some(Some(match idc {
+        0 => return Some(None),
+        10 => Level::Level_1_0,
+        11 => Level::Level_1_1,
+        12 => Level::Level_1_2,
+        13 => Level::Level_1_3,
+        20 => Level::Level_2_0,
+        21 => Level::Level_2_1,
+        22 => Level::Level_2_2,
+        30 => Level::Level_3_0,
+        31 => Level::Level_3_1,
+        32 => Level::Level_3_2,
+        40 => Level::Level_4_0,
+        41 => Level::Level_4_1,
+        42 => Level::Level_4_2,
+        50 => Level::Level_5_0,
+        51 => Level::Level_5_1,
+        52 => Level::Level_5_2,
+        _ => return None,
+    }))
+}
+
+impl SessionParams {
+    /// Checks Create Session's parameters against the card; the error is the status the
+    /// command completes with.
+    pub fn validate(p: &vpu_session_params, cfg: &EmuConfig) -> Result<Self, Status> {
+        let invalid = Status::vendor(VPU_SC_INVALID_PARAMS);
+        let unsupported = Status::vendor(VPU_SC_UNSUPPORTED_FORMAT);
+        if u32::from(p.codec) != VPU_CODEC_H264 {
+            return Err(Status::vendor(VPU_SC_UNSUPPORTED_CODEC));
+        }
+        let nv12 = match u32::from(p.pixel_format) {
+            VPU_PIXFMT_I420 => false,
+            VPU_PIXFMT_NV12 => true,
+            _ => return Err(unsupported),
+        };
+        if !matches!(
+            u32::from(p.profile),
+            0 | VPU_PROFILE_H264_CONSTRAINED_BASELINE
+        ) {
+            return Err(unsupported);
+        }
+        let level = level(p.level).ok_or(invalid)?;
+        if p.bframes != 0 {
+            return Err(unsupported);
+        }
+        let (w, h) = (p.width, p.height);
+        if w < 16 || h < 16 || w % 2 != 0 || h % 2 != 0 {
+            return Err(invalid);
+        }
+        if w > cfg.max_width
+            || h > cfg.max_height
+            || w.max(h) > ENCODER_MAX_LONG_SIDE
+            || w.min(h) > ENCODER_MAX_SHORT_SIDE
+        {
+            return Err(Status::vendor(VPU_SC_TOO_LARGE));
+        }
+        let (fps_num, fps_den) = (p.fps_num, p.fps_den);
+        if fps_num == 0 || fps_den == 0 || fps_num / fps_den > 240 {
+            return Err(invalid);
+        }
+        let (stride_y, stride_uv) = (p.stride_y as usize, p.stride_uv as usize);
+        let chroma_row = if nv12 {
+            usize::from(w)
+        } else {
+            usize::from(w) / 2
+        };
+        if stride_y < usize::from(w)
+            || stride_uv < chroma_row
+            || stride_y > 1 << 16
+            || stride_uv > 1 << 16
+        {
+            return Err(invalid);
+        }
+        let (bitrate, max_bitrate, qp) = (p.bitrate, p.max_bitrate, p.qp);
+        match u32::from(p.rate_control) {
+            VPU_RC_CBR | VPU_RC_VBR => {
+                // openh264 takes the bitrate as a C int.
+                if bitrate < 1000 || bitrate > i32::MAX as u32 {
+                    return Err(invalid);
+                }
+                if max_bitrate != 0 && max_bitrate < bitrate {
+                    return Err(invalid);
+                }
+            }
+            VPU_RC_CQP => {
+                if qp > 51 {
+                    return Err(invalid);
+                }
+            }
+            _ => return Err(unsupported),
+        }
+        Ok(Self {
+            nv12,
+            width: usize::from(w),
+            height: usize::from(h),
+            fps_num,
+            fps_den,
+            stride_y,
+            stride_uv,
+            rate_control: p.rate_control,
+            qp,
+            bitrate,
+            gop: p.gop,
+            level,
+        })
+    }
+
+    /// Bytes an input frame occupies with the session's strides.
+    pub fn frame_len(&self) -> usize {
+        let chroma_planes = if self.nv12 { 1 } else { 2 };
+        self.stride_y * self.height + chroma_planes * self.stride_uv * (self.height / 2)
+    }
+
+    /// Luma samples per frame.
+    pub fn luma(&self) -> u64 {
+        (self.width * self.height) as u64
+    }
+
+    /// Luma samples per second the session asks for.
+    pub fn pixel_rate(&self) -> u64 {
+        self.luma() * u64::from(self.fps_num) / u64::from(self.fps_den)
+    }
+
+    fn fps(&self) -> f32 {
+        self.fps_num as f32 / self.fps_den as f32
+    }
+
+    fn encoder_config(&self, bitrate: u32, fps: f32) -> EncoderConfig {
+        let c = EncoderConfig::new()
+            .skip_frames(false)
+            .usage_type(UsageType::CameraVideoRealTime)
+            .max_frame_rate(FrameRate::from_hz(fps))
+            .intra_frame_period(IntraFramePeriod::from_num_frames(self.gop))
+            .num_threads(1)
+            .profile(Profile::Baseline);
+        let c = match self.level {
+            Some(l) => c.level(l),
+            None => c,
+        };
+        if u32::from(self.rate_control) == VPU_RC_CQP {
+            // `validate` keeps qp <= 51, so QpRange::new cannot panic.
+            c.rate_control_mode(RateControlMode::Quality)
+                .qp(QpRange::new(self.qp, self.qp))
+        } else {
+            c.rate_control_mode(RateControlMode::Bitrate)
+                .bitrate(BitRate::from_bps(bitrate))
+        }
+    }
+}
+
+/// Per-session counters (the session log).
+#[derive(Debug, Default)]
+pub(super) struct SessionCounters {
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub keyframes: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// Changes asked for by Reconfigure Session, applied before the next frame.
+#[derive(Debug, Default)]
+struct Pending {
+    force_idr: bool,
+    bitrate: Option<u32>,
+    fps: Option<(u32, u32)>,
+}
+
+struct Codec {
+    encoder: Encoder,
+    /// Whether the encoder has seen a frame (openh264 initialises on the first one).
+    started: bool,
+    bitrate: u32,
+    fps: f32,
+    /// The next frame must be an IDR (after an output that did not fit was dropped).
+    idr_next: bool,
+    /// A frame gathered from several host regions.
+    gather: Vec<u8>,
+    /// NV12 chroma de-interleaved to U and V planes.
+    chroma: Vec<u8>,
+}
+
+/// One encode session, placed on one engine.
+pub(super) struct Session {
+    pub id: u32,
+    pub engine: u8,
+    pub params: SessionParams,
+    pub counters: SessionCounters,
+    /// Set when the session is destroyed; queued work completes SESSION_ABORTED.
+    pub destroyed: AtomicBool,
+    pending: Mutex<Pending>,
+    codec: Mutex<Codec>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("engine", &self.engine)
+            .finish()
+    }
+}
+
+/// What an Encode Frame produced.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Encoded {
+    pub bytes: u32,
+    pub frame_type: u32,
+    pub keyframe: bool,
+}
+
+/// An input frame as the encoder sees it: planes in host memory, with strides.
+struct Planes<'a> {
+    width: usize,
+    height: usize,
+    y: &'a [u8],
+    u: &'a [u8],
+    v: &'a [u8],
+    stride_y: usize,
+    stride_uv: usize,
+}
+
+impl YUVSource for Planes<'_> {
+    fn dimensions(&self) -> (usize, usize) {
+        (self.width, self.height)
+    }
+    fn strides(&self) -> (usize, usize, usize) {
+        (self.stride_y, self.stride_uv, self.stride_uv)
+    }
+    fn y(&self) -> &[u8] {
+        self.y
+    }
+    fn u(&self) -> &[u8] {
+        self.u
+    }
+    fn v(&self) -> &[u8] {
+        self.v
+    }
+}
+
+fn new_encoder(params: &SessionParams, bitrate: u32, fps: f32) -> Result<Encoder, Status> {
+    Encoder::with_api_config(
+        OpenH264API::from_source(),
+        params.encoder_config(bitrate, fps),
+    )
+    .map_err(|e| {
+        tracing::error!(error = %e, "creating the encoder failed");
+        Status::generic(VPU_SC_INTERNAL_ERROR)
+    })
+}
+
+impl Session {
+    pub fn new(id: u32, engine: u8, params: SessionParams) -> Result<Self, Status> {
+        let fps = params.fps();
+        let encoder = new_encoder(&params, params.bitrate, fps)?;
+        Ok(Self {
+            id,
+            engine,
+            counters: SessionCounters::default(),
+            destroyed: AtomicBool::new(false),
+            pending: Mutex::new(Pending::default()),
+            codec: Mutex::new(Codec {
+                encoder,
+                started: false,
+                bitrate: params.bitrate,
+                fps,
+                idr_next: false,
+                gather: Vec::new(),
+                chroma: Vec::new(),
+            }),
+            params,
+        })
+    }
+
+    /// Records a Reconfigure Session; it takes effect at the next frame.
+    pub fn reconfigure(&self, force_idr: bool, bitrate: Option<u32>, fps: Option<(u32, u32)>) {
+        let mut p = lock(&self.pending);
+        p.force_idr |= force_idr;
+        if bitrate.is_some() {
+            p.bitrate = bitrate;
+        }
+        if fps.is_some() {
+            p.fps = fps;
+        }
+    }
+
+    fn apply_pending(&self, codec: &mut Codec) -> Result<bool, Status> {
+        let p = std::mem::take(&mut *lock(&self.pending));
+        let bitrate = p.bitrate.unwrap_or(codec.bitrate);
+        let fps = p.fps.map(|(n, d)| n as f32 / d as f32).unwrap_or(codec.fps);
+        let new_bitrate = (bitrate != codec.bitrate).then_some(bitrate);
+        let new_fps = (fps != codec.fps).then_some(fps);
+        if new_bitrate.is_some() || new_fps.is_some() {
+            if !codec.started {
+                codec.encoder = new_encoder(&self.params, bitrate, fps)?;
+            } else {
+                set_rate(&mut codec.encoder, new_bitrate, new_fps)?;
+            }
+            codec.bitrate = bitrate;
+            codec.fps = fps;
+        }
+        Ok(p.force_idr)
+    }
+
+    /// Encodes one frame from `input` into `output`. On OUTPUT_TOO_SMALL nothing is
+    /// written and the next frame is coded as an IDR, so a retry keeps the stream
+    /// decodable.
+    pub fn encode(
+        &self,
+        input: &Spans,
+        output: &HostSpan,
+        force_idr: bool,
+    ) -> Result<Encoded, Status> {
+        let mut guard = lock(&self.codec);
+        let forced = self.apply_pending(&mut guard)?;
+        let p = &self.params;
+        let frame_len = p.frame_len();
+        let Codec {
+            encoder,
+            started,
+            idr_next,
+            gather,
+            chroma,
+            ..
+        } = &mut *guard;
+        let dma = Status::generic(VPU_SC_DATA_TRANSFER_ERROR);
+        let frame: &[u8] = match input {
+            Spans::One(s) => {
+                if s.len < frame_len
+                    || s.offset
+                        .checked_add(frame_len)
+                        .is_none_or(|e| e > s.region.len())
+                {
+                    return Err(Status::vendor(VPU_SC_INPUT_TOO_SMALL));
+                }
+                // SAFETY: `offset + frame_len <= region.len()` (checked above), so the
+                // pointer stays inside the mapping.
+                let base = unsafe { s.region.as_ptr().add(s.offset) };
+                // SAFETY: `base..base + frame_len` lies inside the region, which the job's
+                // `Arc` keeps mapped until the command completes. The host owns the
+                // buffer's contents while the command is in flight and does not write them
+                // (the NVMe data-buffer rule); the encoder only reads.
+                unsafe { std::slice::from_raw_parts(base, frame_len) }
+            }
+            Spans::Many(spans) => {
+                gather.resize(frame_len, 0);
+                let mut pos = 0;
+                for s in spans {
+                    if pos == frame_len {
+                        break;
+                    }
+                    let n = s.len.min(frame_len - pos);
+                    if !s.region.read(s.offset, &mut gather[pos..pos + n]) {
+                        return Err(dma);
+                    }
+                    pos += n;
+                }
+                if pos < frame_len {
+                    return Err(Status::vendor(VPU_SC_INPUT_TOO_SMALL));
+                }
+                &gather[..]
+            }
+        };
+        let (w, h) = (p.width, p.height);
+        let luma_len = p.stride_y * h;
+        let chroma_len = p.stride_uv * (h / 2);
+        let y = &frame[..luma_len];
+        let planes = if p.nv12 {
+            let cw = w / 2;
+            let plane = cw * (h / 2);
+            chroma.resize(plane * 2, 0);
+            let (u, v) = chroma.split_at_mut(plane);
+            let uv = &frame[luma_len..luma_len + chroma_len];
+            for ((row, urow), vrow) in uv
+                .chunks(p.stride_uv)
+                .zip(u.chunks_exact_mut(cw))
+                .zip(v.chunks_exact_mut(cw))
+            {
+                for ((pair, ub), vb) in row[..w].chunks_exact(2).zip(urow).zip(vrow) {
+                    *ub = pair[0];
+                    *vb = pair[1];
+                }
+            }
+            Planes {
+                width: w,
+                height: h,
+                y,
+                u: &chroma[..plane],
+                v: &chroma[plane..],
+                stride_y: p.stride_y,
+                stride_uv: cw,
+            }
+        } else {
+            Planes {
+                width: w,
+                height: h,
+                y,
+                u: &frame[luma_len..luma_len + chroma_len],
+                v: &frame[luma_len + chroma_len..luma_len + 2 * chroma_len],
+                stride_y: p.stride_y,
+                stride_uv: p.stride_uv,
+            }
+        };
+        if force_idr || forced || *idr_next {
+            encoder.force_intra_frame();
+        }
+        let bitstream = encoder.encode(&planes).map_err(|e| {
+            tracing::error!(session = self.id, error = %e, "encoder failed");
+            Status::vendor(VPU_SC_ENGINE_FAULT)
+        })?;
+        *started = true;
+        let (frame_type, keyframe) = match bitstream.frame_type() {
+            FrameType::IDR => (VPU_FRAME_TYPE_IDR, true),
+            FrameType::I => (VPU_FRAME_TYPE_I, false),
+            FrameType::P | FrameType::IPMixed => (VPU_FRAME_TYPE_P, false),
+            FrameType::Skip => (VPU_FRAME_TYPE_SKIPPED, false),
+            FrameType::Invalid => return Err(Status::vendor(VPU_SC_ENGINE_FAULT)),
+        };
+        let mut total = 0usize;
+        for l in 0..bitstream.num_layers() {
+            if let Some(layer) = bitstream.layer(l) {
+                for n in 0..layer.nal_count() {
+                    total += layer.nal_unit(n).map_or(0, <[u8]>::len);
+                }
+            }
+        }
+        if total > output.len {
+            *idr_next = true;
+            return Err(Status::vendor(VPU_SC_OUTPUT_TOO_SMALL));
+        }
+        let mut pos = output.offset;
+        for l in 0..bitstream.num_layers() {
+            if let Some(layer) = bitstream.layer(l) {
+                for n in 0..layer.nal_count() {
+                    if let Some(nal) = layer.nal_unit(n) {
+                        if !output.region.write(pos, nal) {
+                            *idr_next = true;
+                            return Err(dma);
+                        }
+                        pos += nal.len();
+                    }
+                }
+            }
+        }
+        *idr_next = false;
+        Ok(Encoded {
+            bytes: total as u32,
+            frame_type,
+            keyframe,
+        })
+    }
+}
+
+/// Changes the target bitrate and/or frame rate of a running encoder.
+fn set_rate(encoder: &mut Encoder, bitrate: Option<u32>, fps: Option<f32>) -> Result<(), Status> {
+    // SAFETY: only used to set the two rate options below, which the encoder accepts at
+    // any time after initialisation; no parameter the wrapper relies on is touched.
+    let api = unsafe { encoder.raw_api() };
+    let mut rc = 0;
+    if let Some(bitrate) = bitrate {
+        let mut info = openh264_sys2::SBitrateInfo {
+            iLayer: openh264_sys2::SPATIAL_LAYER_ALL,
+            iBitrate: i32::try_from(bitrate).map_err(|_| Status::vendor(VPU_SC_INVALID_PARAMS))?,
+        };
+        // SAFETY: the encoder is initialised (it has encoded a frame); SetOption copies
+        // the option structure, which lives on this stack frame for the call.
+        rc |= unsafe {
+            api.set_option(
+                openh264_sys2::ENCODER_OPTION_BITRATE,
+                (&mut info as *mut openh264_sys2::SBitrateInfo).cast(),
+            )
+        };
+    }
+    if let Some(mut rate) = fps {
+        // SAFETY: as above, with a float frame rate.
+        rc |= unsafe {
+            api.set_option(
+                openh264_sys2::ENCODER_OPTION_FRAME_RATE,
+                (&mut rate as *mut f32).cast(),
+            )
+        };
+    }
+    if rc != 0 {
+        tracing::error!(?bitrate, ?fps, rc, "changing the encoder's rate failed");
+        return Err(Status::vendor(VPU_SC_ENGINE_FAULT));
+    }
+    Ok(())
+}
+
+/// Counts an encode outcome in the session's counters.
+pub(super) fn count(session: &Session, result: &Result<Encoded, Status>) {
+    let c = &session.counters;
+    match result {
+        Ok(e) => {
+            if e.frame_type != VPU_FRAME_TYPE_SKIPPED {
+                c.frames_out.fetch_add(1, Ordering::Relaxed);
+            }
+            c.bytes_out.fetch_add(u64::from(e.bytes), Ordering::Relaxed);
+            if e.keyframe {
+                c.keyframes.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Err(_) => {
+            c.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

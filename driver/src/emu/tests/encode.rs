@@ -1,0 +1,355 @@
+//! The video command set: sessions, Encode Frame through real openh264, decoded back.
+
+use openh264::formats::YUVSource;
+use vpu_ffi::*;
+
+use super::*;
+
+/// A moving test pattern: a gradient background with a bright square sliding across.
+pub(super) fn pattern(p: &vpu_session_params, n: usize) -> Vec<u8> {
+    let (w, h) = (usize::from(p.width), usize::from(p.height));
+    let (sy, suv) = (p.stride_y as usize, p.stride_uv as usize);
+    let nv12 = u32::from(p.pixel_format) == VPU_PIXFMT_NV12;
+    let chroma = if nv12 { suv * h / 2 } else { 2 * suv * h / 2 };
+    let mut f = vec![0u8; sy * h + chroma];
+    let (bx, by) = ((n * 3) % (w - 16), (n * 2) % (h - 16));
+    for y in 0..h {
+        for x in 0..w {
+            let inside = x >= bx && x < bx + 16 && y >= by && y < by + 16;
+            f[y * sy + x] = if inside {
+                235
+            } else {
+                ((x + y + n) % 200 + 16) as u8
+            };
+        }
+    }
+    let base = sy * h;
+    for y in 0..h / 2 {
+        for x in 0..w / 2 {
+            let (u, v) = ((64 + x + n) as u8, (192 - y) as u8);
+            if nv12 {
+                f[base + y * suv + 2 * x] = u;
+                f[base + y * suv + 2 * x + 1] = v;
+            } else {
+                f[base + y * suv + x] = u;
+                f[base + suv * h / 2 + y * suv + x] = v;
+            }
+        }
+    }
+    f
+}
+
+/// A frame in DMA memory with its PRP list.
+pub(super) struct Frame {
+    pub data: DmaBuffer,
+    pub list: DmaBuffer,
+    pub len: usize,
+}
+
+impl Frame {
+    pub fn new(host: &Host, bytes: &[u8]) -> Self {
+        let data = host.io.alloc_dma(bytes.len()).unwrap();
+        assert!(data.write(0, bytes));
+        let list = host.io.alloc_dma(4096).unwrap();
+        let pages = bytes.len().div_ceil(4096);
+        let entries: Vec<u8> = (1..pages as u64)
+            .flat_map(|p| (data.iova() + p * 4096).to_le_bytes())
+            .collect();
+        assert!(list.write(0, &entries));
+        Self {
+            data,
+            list,
+            len: bytes.len(),
+        }
+    }
+
+    pub fn prp2(&self) -> u64 {
+        match self.len.div_ceil(4096) {
+            0 | 1 => 0,
+            2 => self.data.iova() + 4096,
+            _ => self.list.iova(),
+        }
+    }
+}
+
+pub(super) fn encode_cmd(
+    session: u32,
+    frame: &Frame,
+    out: &DmaBuffer,
+    out_len: u32,
+    flags: u32,
+) -> vpu_sqe {
+    let mut c = cmd(VPU_IO_ENCODE_FRAME);
+    c.cdw10 = session;
+    c.cdw11 = flags;
+    c.cdw12 = 1234;
+    c.prp1 = frame.data.iova();
+    c.prp2 = frame.prp2();
+    c.mptr = out.iova();
+    c.cdw14 = out_len;
+    c.cdw15 = frame.len as u32;
+    c
+}
+
+fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    let mse: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+        .sum::<f64>()
+        / a.len() as f64;
+    if mse == 0.0 {
+        99.0
+    } else {
+        10.0 * (255.0f64 * 255.0 / mse).log10()
+    }
+}
+
+fn encode_and_decode(p: vpu_session_params, frames: usize, forced: &[usize]) {
+    let mut host = Host::new(EmuConfig::default());
+    let session = host.create_session(&p);
+    let mut q = host.io_queue(1, 8, 1);
+    let out = host.io.alloc_dma(1 << 20).unwrap();
+    let mut decoder = openh264::decoder::Decoder::new().unwrap();
+    let (w, h, sy) = (
+        usize::from(p.width),
+        usize::from(p.height),
+        p.stride_y as usize,
+    );
+    let mut decoded = 0;
+    let mut keyframes = 0;
+    for n in 0..frames {
+        let src = pattern(&p, n);
+        let frame = Frame::new(&host, &src);
+        let flags = if forced.contains(&n) {
+            VPU_ENCODE_FORCE_IDR
+        } else {
+            0
+        };
+        let cid = q.submit(&host.io, encode_cmd(session, &frame, &out, 1 << 20, flags));
+        let cqe = q.wait(&host.io, TIMEOUT).expect("encode completion");
+        assert_eq!({ cqe.cid }, cid);
+        assert_eq!(status(&cqe), OK, "frame {n}");
+        let key = cqe.dw1 & VPU_ENCODED_KEYFRAME != 0;
+        if n == 0 || forced.contains(&n) {
+            assert!(key, "frame {n} should be a keyframe");
+            assert_eq!(cqe.dw1 & VPU_FRAME_TYPE_MASK, VPU_FRAME_TYPE_IDR);
+        } else {
+            assert_eq!(cqe.dw1 & VPU_FRAME_TYPE_MASK, VPU_FRAME_TYPE_P, "frame {n}");
+        }
+        keyframes += usize::from(key);
+        assert_eq!(cqe.dw1 >> VPU_ENCODED_INPUT_LAG_SHIFT, 0);
+        let len = cqe.dw0 as usize;
+        assert!(len > 0 && len <= 1 << 20);
+        let mut packet = vec![0u8; len];
+        assert!(out.read(0, &mut packet));
+        assert_eq!(&packet[..4], &[0, 0, 0, 1], "Annex-B start code");
+        if let Some(yuv) = decoder.decode(&packet).expect("decodable") {
+            decoded += 1;
+            assert_eq!(yuv.dimensions(), (w, h));
+            let ys = yuv.strides().0;
+            let got: Vec<u8> = (0..h)
+                .flat_map(|r| yuv.y()[r * ys..r * ys + w].to_vec())
+                .collect();
+            let want: Vec<u8> = (0..h)
+                .flat_map(|r| src[r * sy..r * sy + w].to_vec())
+                .collect();
+            let db = psnr(&got, &want);
+            assert!(db >= 30.0, "frame {n}: PSNR {db:.1} dB");
+        }
+    }
+    decoded += decoder.flush_remaining().unwrap().len();
+    assert_eq!(decoded, frames);
+    let (cqe, log) = host.log(VPU_LOG_SESSION, session, 64);
+    assert_eq!(status(&cqe), OK);
+    let mut raw = [0u8; 64];
+    assert!(log.read(0, &mut raw));
+    let log: vpu_session_log = from_bytes(&raw);
+    assert_eq!({ log.session_id }, session);
+    assert_eq!({ log.frames_in }, frames as u64);
+    assert_eq!({ log.frames_out }, frames as u64);
+    assert_eq!({ log.keyframes }, keyframes as u64);
+    assert_eq!({ log.errors }, 0);
+    let (cqe, log) = host.log(VPU_LOG_ENGINE, 0, 1088);
+    assert_eq!(status(&cqe), OK);
+    let mut raw = vec![0u8; 1088];
+    assert!(log.read(0, &mut raw));
+    let log: vpu_engine_log = from_bytes(&raw);
+    assert_eq!({ log.engines }, 2);
+    let e = log.engine[usize::from({ log.engine[0].sessions } == 0)];
+    assert_eq!({ e.sessions }, 1);
+    assert_eq!({ e.frames }, frames as u64);
+    assert!({ e.busy_ns } > 0);
+    assert!({ e.load } > 0);
+}
+
+#[test]
+fn encode_i420_decodes_with_forced_keyframes() {
+    encode_and_decode(params(160, 96, false), 30, &[12, 20]);
+}
+
+#[test]
+fn encode_nv12_with_padded_strides() {
+    let mut p = params(128, 72, true);
+    p.stride_y = 160;
+    p.stride_uv = 192;
+    encode_and_decode(p, 12, &[]);
+}
+
+#[test]
+fn encode_cqp_and_reconfigure() {
+    let mut host = Host::new(EmuConfig::default());
+    let mut p = params(64, 64, false);
+    p.rate_control = VPU_RC_CQP as u8;
+    p.qp = 30;
+    let cqp = host.create_session(&p);
+    let cbr = host.create_session(&params(64, 64, false));
+    let mut q = host.io_queue(1, 8, 1);
+    let out = host.io.alloc_dma(1 << 16).unwrap();
+    let frame = Frame::new(&host, &pattern(&p, 0));
+    for s in [cqp, cbr, cbr] {
+        q.submit(&host.io, encode_cmd(s, &frame, &out, 1 << 16, 0));
+        assert_eq!(status(&q.wait(&host.io, TIMEOUT).unwrap()), OK);
+    }
+    // Bitrate on a CQP session is invalid; on CBR it applies, with a forced IDR.
+    let mut c = cmd(VPU_ADMIN_RECONFIGURE_SESSION);
+    c.cdw10 = cqp;
+    c.cdw11 = VPU_RECONFIG_BITRATE;
+    c.cdw12 = 500_000;
+    assert_eq!(
+        status(&host.admin(c)),
+        (VPU_SCT_VENDOR, VPU_SC_INVALID_PARAMS)
+    );
+    c.cdw10 = cbr;
+    c.cdw11 = VPU_RECONFIG_BITRATE | VPU_RECONFIG_FRAMERATE | VPU_RECONFIG_FORCE_IDR;
+    c.cdw13 = 25;
+    c.cdw14 = 1;
+    assert_eq!(status(&host.admin(c)), OK);
+    q.submit(&host.io, encode_cmd(cbr, &frame, &out, 1 << 16, 0));
+    let cqe = q.wait(&host.io, TIMEOUT).unwrap();
+    assert_eq!(status(&cqe), OK);
+    assert_ne!(cqe.dw1 & VPU_ENCODED_KEYFRAME, 0);
+    c.cdw10 = 999;
+    assert_eq!(
+        status(&host.admin(c)),
+        (VPU_SCT_VENDOR, VPU_SC_SESSION_NOT_FOUND)
+    );
+}
+
+#[test]
+fn create_session_is_validated() {
+    let mut host = Host::new(EmuConfig {
+        engines: 1,
+        max_sessions_per_engine: 1,
+        ..EmuConfig::default()
+    });
+    let vendor = |sc| (VPU_SCT_VENDOR, sc);
+    let mut cases: Vec<(vpu_session_params, u32)> = Vec::new();
+    let mut p = params(64, 64, false);
+    p.codec = VPU_CODEC_HEVC as u8;
+    cases.push((p, VPU_SC_UNSUPPORTED_CODEC));
+    let mut p = params(64, 64, false);
+    p.pixel_format = 7;
+    cases.push((p, VPU_SC_UNSUPPORTED_FORMAT));
+    let mut p = params(66, 64, false);
+    p.width = 65;
+    cases.push((p, VPU_SC_INVALID_PARAMS));
+    cases.push((params(4096, 2160, false), VPU_SC_TOO_LARGE));
+    let mut p = params(64, 64, false);
+    p.stride_y = 32;
+    cases.push((p, VPU_SC_INVALID_PARAMS));
+    let mut p = params(64, 64, true);
+    p.stride_uv = 32;
+    cases.push((p, VPU_SC_INVALID_PARAMS));
+    let mut p = params(64, 64, false);
+    p.fps_den = 0;
+    cases.push((p, VPU_SC_INVALID_PARAMS));
+    let mut p = params(64, 64, false);
+    p.bitrate = 0;
+    cases.push((p, VPU_SC_INVALID_PARAMS));
+    let mut p = params(64, 64, false);
+    p.rate_control = VPU_RC_CQP as u8;
+    p.qp = 52;
+    cases.push((p, VPU_SC_INVALID_PARAMS));
+    let mut p = params(64, 64, false);
+    p.rate_control = 9;
+    cases.push((p, VPU_SC_UNSUPPORTED_FORMAT));
+    let mut p = params(64, 64, false);
+    p.bframes = 2;
+    cases.push((p, VPU_SC_UNSUPPORTED_FORMAT));
+    let mut p = params(64, 64, false);
+    p.engine_hint = 3;
+    cases.push((p, VPU_SC_INVALID_PARAMS));
+    for (p, sc) in cases {
+        assert_eq!(status(&host.create_session_raw(&p)), vendor(sc), "{p:?}");
+    }
+    host.create_session(&params(64, 64, false));
+    assert_eq!(
+        status(&host.create_session_raw(&params(64, 64, false))),
+        vendor(VPU_SC_NO_CAPACITY)
+    );
+}
+
+#[test]
+fn encode_errors_leave_the_card_working() {
+    let mut host = Host::new(EmuConfig::default());
+    let p = params(64, 64, false);
+    let session = host.create_session(&p);
+    let mut q = host.io_queue(1, 8, 1);
+    let frame = Frame::new(&host, &pattern(&p, 0));
+    let out = host.io.alloc_dma(1 << 16).unwrap();
+    let mut run = |c: vpu_sqe| {
+        q.submit(&host.io, c);
+        q.wait(&host.io, TIMEOUT).expect("completion")
+    };
+    // Unknown session.
+    assert_eq!(
+        status(&run(encode_cmd(77, &frame, &out, 1 << 16, 0))),
+        (VPU_SCT_VENDOR, VPU_SC_SESSION_NOT_FOUND)
+    );
+    // Input shorter than the session's frame.
+    let mut c = encode_cmd(session, &frame, &out, 1 << 16, 0);
+    c.cdw15 = 100;
+    assert_eq!(status(&run(c)), (VPU_SCT_VENDOR, VPU_SC_INPUT_TOO_SMALL));
+    // Unmapped input and output.
+    let mut c = encode_cmd(session, &frame, &out, 1 << 16, 0);
+    c.prp1 = 0x6000_0000_0000;
+    assert_eq!(
+        status(&run(c)),
+        (VPU_SCT_GENERIC, VPU_SC_DATA_TRANSFER_ERROR)
+    );
+    let mut c = encode_cmd(session, &frame, &out, 1 << 16, 0);
+    c.mptr = 0x6000_0000_0000;
+    assert_eq!(
+        status(&run(c)),
+        (VPU_SCT_GENERIC, VPU_SC_DATA_TRANSFER_ERROR)
+    );
+    // Output buffer too small: nothing written; a retry succeeds with an IDR.
+    assert!(out.write(0, &[0xaa; 64]));
+    let cqe = run(encode_cmd(session, &frame, &out, 16, 0));
+    assert_eq!(status(&cqe), (VPU_SCT_VENDOR, VPU_SC_OUTPUT_TOO_SMALL));
+    let mut head = [0u8; 64];
+    assert!(out.read(0, &mut head));
+    assert_eq!(head, [0xaa; 64]);
+    let cqe = run(encode_cmd(session, &frame, &out, 1 << 16, 0));
+    assert_eq!(status(&cqe), OK);
+    assert_ne!(cqe.dw1 & VPU_ENCODED_KEYFRAME, 0);
+    // Flush completes after the earlier frames.
+    let a = q.submit(&host.io, encode_cmd(session, &frame, &out, 1 << 16, 0));
+    let b = q.submit(&host.io, encode_cmd(session, &frame, &out, 1 << 16, 0));
+    let mut f = cmd(VPU_IO_FLUSH_SESSION);
+    f.cdw10 = session;
+    let fl = q.submit(&host.io, f);
+    let order: Vec<u16> = (0..3)
+        .map(|_| q.wait(&host.io, TIMEOUT).unwrap().cid)
+        .collect();
+    assert_eq!(order, vec![a, b, fl]);
+    let (cqe, log) = host.log(VPU_LOG_SESSION, session, 64);
+    assert_eq!(status(&cqe), OK);
+    let mut raw = [0u8; 64];
+    assert!(log.read(0, &mut raw));
+    let log: vpu_session_log = from_bytes(&raw);
+    assert_eq!({ log.frames_in }, 7);
+    assert_eq!({ log.frames_out }, 3);
+    assert_eq!({ log.errors }, 4);
+}

@@ -1,0 +1,224 @@
+//! Unit tests of the queue pair: command ids, and completions a hostile device writes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::eventfd::EventFd;
+use vpu_ffi::{VPU_CQE_PHASE, VPU_CQE_SIZE, VPU_SCT_VENDOR, VPU_SC_OUTPUT_TOO_SMALL};
+
+use crate::io::{BackendKind, DeviceInfo, DeviceIo, DmaDirection, HostRegion, IoError};
+
+use super::command::{Command, Status, VendorStatus};
+use super::error::{NvmeError, ProtocolViolation};
+use super::metrics::NvmeMetrics;
+use super::prp::PrpPagePool;
+use super::queue::QueuePair;
+
+/// Registers that only remember doorbell writes; DMA is identity-mapped host memory.
+#[derive(Debug)]
+struct Doorbells {
+    info: DeviceInfo,
+    writes: Mutex<Vec<(u64, u32)>>,
+    next_iova: AtomicU64,
+}
+
+impl Doorbells {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            info: DeviceInfo {
+                name: "unit".into(),
+                backend: BackendKind::Emulated,
+                pci_address: "0000:00:00.0".into(),
+                vendor_id: 0,
+                device_id: 0,
+                class_code: 0,
+            },
+            writes: Mutex::new(Vec::new()),
+            next_iova: AtomicU64::new(0x10_0000),
+        })
+    }
+}
+
+impl DeviceIo for Doorbells {
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+    fn read32(&self, _bar: u32, _offset: u64) -> Result<u32, IoError> {
+        Ok(0)
+    }
+    fn write32(&self, _bar: u32, offset: u64, value: u32) -> Result<(), IoError> {
+        self.writes.lock().unwrap().push((offset, value));
+        Ok(())
+    }
+    fn config_read(&self, _offset: u32, buf: &mut [u8]) -> Result<(), IoError> {
+        buf.fill(0);
+        Ok(())
+    }
+    fn config_write(&self, _offset: u32, _buf: &[u8]) -> Result<(), IoError> {
+        Ok(())
+    }
+    fn dma_map(&self, region: &Arc<HostRegion>, _d: DmaDirection) -> Result<u64, IoError> {
+        Ok(self
+            .next_iova
+            .fetch_add(region.len() as u64, Ordering::Relaxed))
+    }
+    fn dma_unmap(&self, _iova: u64, _len: usize) -> Result<(), IoError> {
+        Ok(())
+    }
+    fn max_interrupts(&self) -> u32 {
+        0
+    }
+    fn enable_interrupts(&self, _count: u32) -> Result<Vec<Arc<EventFd>>, IoError> {
+        Ok(Vec::new())
+    }
+    fn disable_interrupts(&self) -> Result<(), IoError> {
+        Ok(())
+    }
+    fn reset(&self) -> Result<(), IoError> {
+        Err(IoError::ResetUnsupported {
+            device: "unit".into(),
+        })
+    }
+}
+
+fn cqe(cid: u16, sq_id: u16, sq_head: u16, status: u16, phase: bool, dw0: u32) -> [u8; 16] {
+    let mut b = [0u8; VPU_CQE_SIZE as usize];
+    b[0..4].copy_from_slice(&dw0.to_le_bytes());
+    b[8..10].copy_from_slice(&sq_head.to_le_bytes());
+    b[10..12].copy_from_slice(&sq_id.to_le_bytes());
+    b[12..14].copy_from_slice(&cid.to_le_bytes());
+    let status = status | if phase { VPU_CQE_PHASE as u16 } else { 0 };
+    b[14..16].copy_from_slice(&status.to_le_bytes());
+    b
+}
+
+fn pair(depth: u16) -> (Arc<QueuePair>, Arc<NvmeMetrics>, Arc<Doorbells>) {
+    let device = Doorbells::new();
+    let io: Arc<dyn DeviceIo> = device.clone();
+    let metrics = Arc::new(NvmeMetrics::default());
+    let q = QueuePair::new(
+        &io,
+        3,
+        depth,
+        0,
+        Arc::clone(&metrics),
+        PrpPagePool::new(Arc::clone(&io)),
+    )
+    .unwrap();
+    (Arc::new(q), metrics, device)
+}
+
+#[tokio::test]
+async fn command_ids_are_unique_and_change_when_a_slot_is_reused() {
+    let (q, _, _) = pair(8);
+    let mut cids = Vec::new();
+    let mut waiters = Vec::new();
+    for _ in 0..7 {
+        let (cid, rx) = q.submit(&Command::new(0x82)).await.unwrap();
+        cids.push(cid);
+        waiters.push(rx);
+    }
+    let mut sorted = cids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 7);
+    assert_eq!(q.in_flight(), 7);
+    // A full queue makes the next submitter wait.
+    let blocked = tokio::time::timeout(
+        std::time::Duration::from_millis(20),
+        q.submit(&Command::new(0x82)),
+    )
+    .await;
+    assert!(blocked.is_err());
+    // Complete the first one; its slot comes back with a new id.
+    q.device_post(0, &cqe(cids[0], 3, 1, 0, true, 0));
+    assert_eq!(q.process_completions(), 1);
+    assert!(waiters.remove(0).await.unwrap().is_ok());
+    let (cid, _rx) = q.submit(&Command::new(0x82)).await.unwrap();
+    assert!(!cids.contains(&cid));
+    assert_eq!(cid & 0x7, cids[0] & 0x7);
+}
+
+#[tokio::test]
+async fn hostile_completions_are_rejected_and_counted() {
+    let (q, metrics, _) = pair(8);
+    let (cid_a, mut rx_a) = q.submit(&Command::new(0x82)).await.unwrap();
+    let (cid_b, mut rx_b) = q.submit(&Command::new(0x82)).await.unwrap();
+
+    // An id nobody used, and an id of the right slot but an old generation.
+    let stale = cid_a ^ (1 << 12);
+    q.device_post(0, &cqe(0x7abc, 3, 1, 0, true, 0));
+    q.device_post(1, &cqe(stale, 3, 1, 0, true, 0));
+    assert_eq!(q.process_completions(), 2);
+    assert_eq!(metrics.protocol_errors.load(Ordering::Relaxed), 2);
+    assert!(rx_a.try_recv().is_err());
+    assert!(rx_b.try_recv().is_err());
+
+    // Right id, wrong submission queue: its submitter hears of it, nobody else does.
+    q.device_post(2, &cqe(cid_a, 9, 1, 0, true, 0));
+    q.process_completions();
+    match rx_a.try_recv().unwrap() {
+        Err(NvmeError::DeviceProtocol {
+            violation:
+                ProtocolViolation::SqIdMismatch {
+                    expected: 3,
+                    got: 9,
+                    ..
+                },
+            ..
+        }) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(rx_b.try_recv().is_err());
+    // Its memory stays reserved until a consistent completion.
+    assert_eq!(q.in_flight(), 2);
+
+    // Head outside the queue.
+    q.device_post(3, &cqe(cid_b, 3, 200, 0, true, 0));
+    q.process_completions();
+    assert!(matches!(
+        rx_b.try_recv().unwrap(),
+        Err(NvmeError::DeviceProtocol {
+            violation: ProtocolViolation::SqHeadOutOfRange { sq_head: 200, .. },
+            ..
+        })
+    ));
+    assert_eq!(metrics.protocol_errors.load(Ordering::Relaxed), 4);
+
+    // The consistent completions finally release both; nobody is woken twice.
+    q.device_post(4, &cqe(cid_a, 3, 2, 0, true, 0));
+    q.device_post(5, &cqe(cid_b, 3, 2, 0, true, 0));
+    assert_eq!(q.process_completions(), 2);
+    assert_eq!(q.in_flight(), 0);
+    assert_eq!(metrics.late_completions.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn stale_phase_entries_are_not_consumed_and_status_is_typed() {
+    let (q, _, io) = pair(4);
+    let (cid, rx) = q.submit(&Command::new(0x80)).await.unwrap();
+    // Phase 0 is last round's entry: not new.
+    q.device_post(0, &cqe(cid, 3, 1, 0, false, 0));
+    assert_eq!(q.process_completions(), 0);
+    let vendor = ((VPU_SCT_VENDOR << 9) | (VPU_SC_OUTPUT_TOO_SMALL << 1)) as u16;
+    q.device_post(0, &cqe(cid, 3, 1, vendor, true, 0));
+    assert_eq!(q.process_completions(), 1);
+    let c = rx.await.unwrap().unwrap();
+    assert_eq!(c.status, Status::Vendor(VendorStatus::OutputTooSmall));
+    // Doorbells: SQ 3 tail (0x1000 + 2*3*4), then CQ 3 head (next stride).
+    let writes = io.writes.lock().unwrap().clone();
+    assert_eq!(writes, vec![(0x1018, 1), (0x101c, 1)]);
+}
+
+#[tokio::test]
+async fn a_hostile_device_cannot_make_the_reader_loop_forever() {
+    let (q, metrics, _) = pair(4);
+    // Every entry carries the current phase but garbage ids.
+    for slot in 0..4 {
+        q.device_post(slot, &cqe(0x1234 + slot, 3, 0, 0, true, 0));
+    }
+    assert_eq!(q.process_completions(), 4);
+    assert_eq!(metrics.protocol_errors.load(Ordering::Relaxed), 4);
+    // After the wrap the phase flips: the same entries are stale now.
+    assert_eq!(q.process_completions(), 0);
+}
