@@ -343,7 +343,7 @@ fn vpud_run_as_another_user_cannot_take_the_name() {
     };
     assert!(!status.success(), "vpud as {MEMBER} exited {status}");
     assert!(
-        vpud.log().contains(NAME),
+        vpud.log().contains(NAME) && vpud.log().contains("not allowed to own"),
         "the error names the bus name:\n{}",
         vpud.log()
     );
