@@ -407,3 +407,41 @@ fn ensure_users() {
         "vpu-test-outsider must not be in group vpu: {groups}"
     );
 }
+
+/// The example configuration, with every option uncommented, is what vpud parses as its
+/// defaults: the names and the values shown are vpud's.
+#[test]
+fn example_config_shows_every_option_with_its_default() {
+    let example = read(&workspace().join("daemon/dist/vpud.toml"));
+    let uncommented: String = example
+        .lines()
+        .map(|l| match l.strip_prefix('#') {
+            Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+            _ => l,
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(uncommented, example, "no option found");
+    let parsed = vpud::config::Config::parse(&uncommented, "daemon/dist/vpud.toml")
+        .unwrap_or_else(|e| panic!("the example does not parse: {e}"));
+    assert_eq!(parsed, vpud::config::Config::default());
+
+    // Every field of the configuration is there, as an option or a section.
+    let source = read(&workspace().join("daemon/src/config.rs"));
+    let fields: Vec<&str> = source
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("pub ")?.split_once(':'))
+        .map(|(name, _)| name)
+        .filter(|name| name.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .collect();
+    assert!(
+        fields.contains(&"policy") && fields.contains(&"command_ms"),
+        "fields found in config.rs: {fields:?}"
+    );
+    for field in fields {
+        assert!(
+            example.contains(&format!("#{field} = ")) || example.contains(&format!("[{field}]")),
+            "option {field} is not in the example configuration"
+        );
+    }
+}
