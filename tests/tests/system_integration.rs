@@ -22,6 +22,8 @@
 mod bus;
 #[path = "system_integration/udev.rs"]
 mod udev;
+#[path = "system_integration/vm.rs"]
+mod vm;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
