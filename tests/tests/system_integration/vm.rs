@@ -9,9 +9,15 @@
 //! member of `vpu` on the system bus, runs `vpuctl status` and encodes a clip with
 //! `vpuctl encode`; a user outside `vpu` is refused. It reports on the serial console, which the test reads.
 //!
+//! The VM also has an IOMMU and QEMU's NVMe controller (an NVMe drive, not a card): udev, with
+//! our rules among Debian's, must leave it alone; bound to `vfio-pci` by hand and its group
+//! node given to `vpu` as the rules do for cards, vpud must open it through VFIO under its
+//! unit, bring the controller up, read Identify by DMA and skip it as a plain drive.
+//!
 //! This is the check that no directive of the unit breaks vpud's real work: the system-call
-//! filter, the private /dev, the read-only file system, the missing capabilities, the
-//! memory and address-family restrictions are all in force while sessions run.
+//! filter, the private /dev with /dev/vfio bound in, the device allow-list, the read-only
+//! file system, the missing capabilities, the memory-lock limit and the address-family
+//! restrictions are all in force while vpud drives a device and serves sessions.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -38,6 +44,8 @@ const PACKAGES: &[&str] = &[
     "mount",
     "sed",
     "grep",
+    "kmod",
+    "udev",
 ];
 
 /// The test's part of the VM: users, vpud's configuration, the watchdog drop-in, and the
@@ -75,6 +83,29 @@ r() { echo "VM-RESULT $1=$2"; }
 as_user() { u=$1; shift; setpriv --reuid "$u" --regid "$u" --init-groups -- "$@"; }
 field() { sed -n "s/^$1:[[:space:]]*//p" "/proc/$2/status"; }
 
+# QEMU's NVMe controller (1b36:0010): an NVMe drive, not a card. udev (our rules among
+# Debian's) must have left it to the nvme driver.
+for d in /sys/bus/pci/devices/*; do
+    [ "$(cat "$d/vendor"):$(cat "$d/device")" = 0x1b36:0x0010 ] && nvme=${d##*/}
+done
+r nvme_found "${nvme:+yes}"
+dev=/sys/bus/pci/devices/$nvme
+r nvme_driver_at_boot "$(basename "$(readlink "$dev/driver")")"
+r nvme_override_at_boot "$(cat "$dev/driver_override")"
+# An operator binds it to vfio-pci (as for a VM); its group node must stay root's.
+modprobe vfio-pci; r modprobe $?
+echo vfio-pci > "$dev/driver_override"
+echo "$nvme" > "$dev/driver/unbind"
+echo "$nvme" > /sys/bus/pci/drivers_probe
+udevadm settle
+group=$(basename "$(readlink "$dev/iommu_group")")
+r nvme_driver_bound "$(basename "$(readlink "$dev/driver")")"
+r group_node "$(stat -c '%G %a' "/dev/vfio/$group")"
+r group_wants "$(udevadm info -q property "/dev/vfio/$group" | grep -c SYSTEMD_WANTS)"
+# Given to group vpu as the rules do for a card, vpud opens it through VFIO under its unit,
+# brings the controller up, reads Identify over DMA and finds no VPU block.
+chgrp vpu "/dev/vfio/$group"; chmod 0660 "/dev/vfio/$group"
+
 systemctl start vpud.service; r start $?
 pid=$(systemctl show -P MainPID vpud.service)
 r active "$(systemctl is-active vpud.service)"
@@ -84,6 +115,8 @@ r cap_eff "$(field CapEff "$pid")"
 r cap_bnd "$(field CapBnd "$pid")"
 r no_new_privs "$(field NoNewPrivs "$pid")"
 r seccomp "$(field Seccomp "$pid")"
+r vfio_not_a_vpu "$(journalctl -b -u vpud.service -o cat | grep "device=$nvme" | grep -c 'without a VPU block')"
+r vfio_open_failed "$(journalctl -b -u vpud.service -o cat | grep -c -e 'cannot open function' -e 'bringing up function failed')"
 r groups_has_vpu "$(field Groups "$pid" | tr ' ' '\n' | grep -cx "$(grep '^vpu:' /etc/group | cut -d: -f3)")"
 
 as_user vpu-test-member vpuctl status > /tmp/status 2>&1; r member_status $?
@@ -216,6 +249,25 @@ fn build_root(root: &Path) {
             break;
         }
     }
+    // The vfio modules of the VM's kernel, with the module index.
+    let modules = Path::new("/lib/modules").join(kernel_version());
+    let mut module_files = Vec::new();
+    for dir in ["kernel/drivers/vfio", "kernel/virt/lib"] {
+        files_under(&modules.join(dir), &mut module_files);
+    }
+    for entry in fs::read_dir(&modules).expect("modules dir") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            module_files.push(path);
+        }
+    }
+    for file in module_files {
+        let dst = root
+            .join("usr")
+            .join(file.strip_prefix("/").expect("absolute"));
+        fs::create_dir_all(dst.parent().expect("parent")).expect("mkdir");
+        fs::copy(&file, &dst).expect("copy module");
+    }
     for dir in [
         "proc", "sys", "dev", "run", "var/tmp", "var/lib", "root", "etc",
     ] {
@@ -281,6 +333,15 @@ fn kernel() -> PathBuf {
         .expect("a kernel in /boot (package linux-image-cloud-amd64)")
 }
 
+/// The version of [`kernel`], whose modules are in /lib/modules/VERSION.
+fn kernel_version() -> String {
+    let kernel = kernel();
+    let name = kernel.file_name().expect("name").to_string_lossy();
+    name.strip_prefix("vmlinuz-")
+        .expect("vmlinuz-VERSION")
+        .to_owned()
+}
+
 /// Boots the VM and returns its `VM-RESULT`s and the whole console.
 fn boot(tmp: &TempDir) -> (BTreeMap<String, String>, String) {
     let root = tmp.path().join("root");
@@ -295,17 +356,25 @@ fn boot(tmp: &TempDir) -> (BTreeMap<String, String>, String) {
             .arg(&cpio),
     );
     let console = tmp.path().join("console.log");
+    let drive = tmp.path().join("nvme.raw");
+    fs::File::create(&drive)
+        .and_then(|f| f.set_len(1 << 20))
+        .expect("NVMe backing file");
     let out = run(Command::new("timeout")
         .arg(Duration::from_secs(600).as_secs().to_string())
         .args(["qemu-system-x86_64", "-machine", "q35", "-accel", "tcg"])
         .args(["-m", "1024", "-smp", "1", "-nodefaults", "-display", "none"])
+        .args(["-device", "intel-iommu,intremap=on,caching-mode=on"])
+        .arg("-drive")
+        .arg(format!("file={},if=none,id=nvme0,format=raw", drive.display()))
+        .args(["-device", "nvme,drive=nvme0,serial=vpudtest"])
         .arg("-kernel")
         .arg(kernel())
         .arg("-initrd")
         .arg(&cpio)
         .args([
             "-append",
-            "console=ttyS0 rdinit=/usr/lib/systemd/systemd systemd.unit=vm-check.target \
+            "intel_iommu=on console=ttyS0 rdinit=/usr/lib/systemd/systemd systemd.unit=vm-check.target \
              panic=-1 no_timer_check quiet",
         ])
         .arg("-serial")
@@ -333,7 +402,19 @@ fn vpud_serves_sessions_under_its_hardened_unit() {
     let expect = |key: &str, value: &str| {
         assert_eq!(get(key), value, "VM-RESULT {key}:\n{console}");
     };
+    // Real udev with our rules left the NVMe drive alone, and its VFIO group node too.
+    expect("nvme_found", "yes");
+    expect("nvme_driver_at_boot", "nvme");
+    expect("nvme_override_at_boot", "(null)");
+    expect("modprobe", "0");
+    expect("nvme_driver_bound", "vfio-pci");
+    expect("group_node", "root 600");
+    expect("group_wants", "0");
     expect("start", "0");
+    // VFIO under the unit: vpud opened the function, brought the controller up, read
+    // Identify, and skipped it as a plain drive.
+    expect("vfio_not_a_vpu", "1");
+    expect("vfio_open_failed", "0");
     expect("active", "active");
     // Confinement in force: user vpud (in vpu), no capabilities, no new privileges, a
     // seccomp filter.
