@@ -11,12 +11,18 @@
 //!   group `vpu`;
 //! - the bus policy, loaded by a real `dbus-daemon` with a system-bus configuration
 //!   ([`bus`]), lets only user `vpud` own `org.vpud.Vpud1`, refuses callers outside group
-//!   `vpu`, and leaves card administration to root (or polkit).
+//!   `vpu`, and leaves card administration to root (or polkit);
+//! - in a VM booting systemd ([`vm`]), vpud runs under its unit as shipped, drives a device
+//!   through VFIO and serves sessions to `vpuctl` over the system bus.
 //!
-//! These tests need root (users, mount namespaces, `setpriv`); they fail, never skip,
-//! without it. The binaries under test are the workspace's `vpud` and `vpuctl`, found next
-//! to this test's own target directory (`cargo build -p vpud --bins` first) or in
-//! `VPUD_BIN_DIR`.
+//! These tests need root (users, mount namespaces, `setpriv`) and Debian's `systemd`,
+//! `udev`, `dbus`, `polkitd`, `util-linux`, `qemu-system-x86`, `linux-image-cloud-amd64`
+//! and `cpio`; they fail, never skip, without them. They add the users `vpud`,
+//! `vpu-test-member`, `vpu-test-admin`, `vpu-test-outsider` and the group `vpu` to the
+//! host (`systemd-sysusers`, idempotent).
+//!
+//! The binaries under test are the workspace's `vpud` and `vpuctl`, found next to this
+//! test's own target directory (`cargo build -p vpud --bins` first) or in `VPUD_BIN_DIR`.
 
 #[path = "system_integration/bus.rs"]
 mod bus;
