@@ -26,6 +26,8 @@
 
 #[path = "system_integration/bus.rs"]
 mod bus;
+#[path = "system_integration/polkit.rs"]
+mod polkit;
 #[path = "system_integration/udev.rs"]
 mod udev;
 #[path = "system_integration/vm.rs"]

@@ -16,18 +16,18 @@ use std::time::{Duration, Instant};
 
 use crate::{ensure_users, install, require_root, run, TempDir};
 
-const NAME: &str = "org.vpud.Vpud1";
-const MEMBER: &str = "vpu-test-member";
-const OUTSIDER: &str = "vpu-test-outsider";
+pub(crate) const NAME: &str = "org.vpud.Vpud1";
+pub(crate) const MEMBER: &str = "vpu-test-member";
+pub(crate) const OUTSIDER: &str = "vpu-test-outsider";
 /// In group `vpu`, and granted `org.vpud.Vpud1.manage-cards` by [`POLKIT_RULE`].
-const ADMIN: &str = "vpu-test-admin";
+pub(crate) const ADMIN: &str = "vpu-test-admin";
 
 /// A private system bus with our policy, and optionally polkit.
-struct SystemBus {
+pub(crate) struct SystemBus {
     tmp: TempDir,
     root: PathBuf,
     daemon: Child,
-    address: String,
+    pub(crate) address: String,
     /// polkitd serving this bus, when started.
     polkitd: Option<Child>,
 }
@@ -54,7 +54,7 @@ impl SystemBus {
     }
 
     /// The bus, and polkitd on it.
-    fn start_with_polkit() -> SystemBus {
+    pub(crate) fn start_with_polkit() -> SystemBus {
         let mut bus = SystemBus::start_with(true);
         let rules = bus.tmp.path().join("polkit-rules");
         fs::create_dir_all(&rules).expect("mkdir rules");
@@ -156,7 +156,7 @@ impl SystemBus {
     }
 
     /// A command run as `user` ("root": as is) with that user's groups.
-    fn as_user(&self, user: &str, program: &str) -> Command {
+    pub(crate) fn as_user(&self, user: &str, program: &str) -> Command {
         let mut cmd = if user == "root" {
             Command::new(program)
         } else {
@@ -188,7 +188,7 @@ impl SystemBus {
     }
 
     /// Starts the installed vpud as `user` with one emulated card.
-    fn start_vpud(&self, user: &str) -> Vpud {
+    pub(crate) fn start_vpud(&self, user: &str) -> Vpud {
         let log = self.tmp.path().join(format!("vpud-{user}.log"));
         let file = fs::File::create(&log).expect("vpud log");
         let child = self
@@ -206,7 +206,7 @@ impl SystemBus {
     }
 
     /// Calls a method with gdbus as `user`.
-    fn call(&self, user: &str, path: &str, method: &str, args: &[&str]) -> Output {
+    pub(crate) fn call(&self, user: &str, path: &str, method: &str, args: &[&str]) -> Output {
         run(self
             .as_user(user, "gdbus")
             .args(["call", "--address", &self.address, "--dest", NAME])
@@ -215,7 +215,7 @@ impl SystemBus {
     }
 
     /// Waits until vpud owns its name, or fails with its log.
-    fn wait_for_vpud(&self, vpud: &mut Vpud) {
+    pub(crate) fn wait_for_vpud(&self, vpud: &mut Vpud) {
         self.wait_for_name(NAME, || {
             vpud.child
                 .try_wait()
@@ -261,13 +261,13 @@ impl Drop for SystemBus {
 }
 
 /// A running vpud.
-struct Vpud {
+pub(crate) struct Vpud {
     child: Child,
     log: PathBuf,
 }
 
 impl Vpud {
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -279,11 +279,11 @@ impl Drop for Vpud {
     }
 }
 
-fn stdout(out: &Output) -> String {
+pub(crate) fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -424,7 +424,7 @@ fn members_of_vpu_are_served_and_others_refused() {
     assert_bus_denied(&out, "property write by a member of vpu");
 }
 
-fn card_state(bus: &SystemBus) -> String {
+pub(crate) fn card_state(bus: &SystemBus) -> String {
     let out = bus.call(
         "root",
         "/org/vpud/Vpud1/card/0",
@@ -490,111 +490,4 @@ fn card_administration_is_for_root_only() {
         vpud.log()
     );
     assert_eq!(card_state(&bus), "(<'online'>,)");
-}
-
-#[test]
-fn card_administration_can_be_granted_through_polkit() {
-    let bus = SystemBus::start_with_polkit();
-    let mut vpud = bus.start_vpud("vpud");
-    bus.wait_for_vpud(&mut vpud);
-    let card = "/org/vpud/Vpud1/card/0";
-
-    // polkit answers, and says no: administrator authentication, and no agent to ask.
-    let out = bus.call(MEMBER, card, "org.vpud.Vpud1.Card.Drain", &[]);
-    assert!(
-        !out.status.success() && stderr(&out).contains("org.vpud.Vpud1.Error.AccessDenied"),
-        "Drain by a member of vpu without authorization: {out:?}"
-    );
-    assert_eq!(card_state(&bus), "(<'online'>,)");
-
-    // The rule grants it to vpu-test-admin.
-    let out = bus.call(ADMIN, card, "org.vpud.Vpud1.Card.Drain", &[]);
-    assert!(
-        out.status.success(),
-        "Drain by {ADMIN}: {out:?}\n{}",
-        vpud.log()
-    );
-    assert_eq!(card_state(&bus), "(<'draining'>,)");
-    let out = bus.call(ADMIN, card, "org.vpud.Vpud1.Card.Resume", &[]);
-    assert!(
-        out.status.success(),
-        "Resume by {ADMIN}: {out:?}\n{}",
-        vpud.log()
-    );
-    assert_eq!(card_state(&bus), "(<'online'>,)");
-}
-
-#[test]
-fn polkit_registers_the_manage_cards_action() {
-    let bus = SystemBus::start_with_polkit();
-    let out = run(Command::new("pkaction")
-        .args(["--verbose", "--action-id", "org.vpud.Vpud1.manage-cards"])
-        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address));
-    let text = stdout(&out);
-    assert!(out.status.success(), "{out:?}");
-    for line in [
-        "implicit any:      auth_admin",
-        "implicit inactive: auth_admin",
-        "implicit active:   auth_admin",
-        "annotation:        org.freedesktop.policykit.owner -> unix-user:vpud",
-    ] {
-        assert!(text.contains(line), "missing '{line}':\n{text}");
-    }
-}
-
-/// What polkit tells user vpud about a process of `user`: vpud may ask (it owns the
-/// action), and the answer follows the rules.
-fn polkit_answer_for(bus: &SystemBus, user: &str) -> String {
-    let mut subject = bus
-        .as_user(user, "sleep")
-        .arg("30")
-        .spawn()
-        .expect("start subject process");
-    // Once setpriv has exec'd sleep, the process runs as `user`.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fs::read_link(format!("/proc/{}/exe", subject.id()))
-        .is_ok_and(|exe| !exe.ends_with("sleep"))
-    {
-        assert!(Instant::now() < deadline, "setpriv did not exec sleep");
-        sleep(Duration::from_millis(10));
-    }
-    // Field 22 of /proc/PID/stat, after the parenthesised command name.
-    let stat = fs::read_to_string(format!("/proc/{}/stat", subject.id())).expect("stat");
-    let start_time = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
-        .expect("start time")
-        .to_owned();
-    let out = run(bus
-        .as_user("vpud", "gdbus")
-        .args(["call", "--address", &bus.address])
-        .args(["--dest", "org.freedesktop.PolicyKit1"])
-        .args(["--object-path", "/org/freedesktop/PolicyKit1/Authority"])
-        .args([
-            "--method",
-            "org.freedesktop.PolicyKit1.Authority.CheckAuthorization",
-        ])
-        .arg(format!(
-            "('unix-process', {{'pid': <uint32 {}>, 'start-time': <uint64 {start_time}>}})",
-            subject.id()
-        ))
-        .args(["org.vpud.Vpud1.manage-cards", "@a{ss} {}", "0", "''"]));
-    let _ = subject.kill();
-    let _ = subject.wait();
-    assert!(out.status.success(), "CheckAuthorization as vpud: {out:?}");
-    stdout(&out).trim().to_owned()
-}
-
-#[test]
-fn vpud_may_ask_polkit_about_its_callers() {
-    let bus = SystemBus::start_with_polkit();
-    // (authorized, challenge, details)
-    assert_eq!(
-        polkit_answer_for(&bus, ADMIN),
-        "((true, false, @a{ss} {}),)"
-    );
-    assert_eq!(
-        polkit_answer_for(&bus, MEMBER),
-        "((false, true, @a{ss} {}),)"
-    );
 }
