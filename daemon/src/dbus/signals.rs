@@ -70,6 +70,18 @@ pub async fn card_load(daemon: &Daemon, card: usize) {
     manager_load(daemon).await;
 }
 
+/// Card.Errors.
+pub async fn card_errors(daemon: &Daemon, card: usize) {
+    if let Some(c) = card_ref(daemon, card).await {
+        let iface = c.get().await;
+        log_err(
+            daemon,
+            "Card.Errors",
+            iface.errors_changed(c.signal_emitter()).await,
+        );
+    }
+}
+
 /// Card.State and Card.Errors, and the Manager's capacity.
 pub async fn card_state(daemon: &Daemon, card: usize) {
     if let Some(c) = card_ref(daemon, card).await {
@@ -211,4 +223,23 @@ pub async fn session_migrated(daemon: &Daemon, entry: &SessionEntry, from: usize
     }
     card_load(daemon, from).await;
     card_load(daemon, to).await;
+}
+
+/// Session.State (running, migrating, closed).
+pub async fn session_state(daemon: &Daemon, entry: &SessionEntry) {
+    let Some(conn) = daemon.connection() else {
+        return;
+    };
+    if let Ok(s) = conn
+        .object_server()
+        .interface::<_, SessionIface>(entry.path.clone())
+        .await
+    {
+        let iface = s.get().await;
+        log_err(
+            daemon,
+            "Session.State",
+            iface.state_changed(s.signal_emitter()).await,
+        );
+    }
 }

@@ -95,8 +95,10 @@ pub struct SessionEntry {
     pub path: OwnedObjectPath,
     /// Unique bus name of the creator.
     pub owner: String,
-    /// What the session asks of a card (for placement when it moves).
-    pub demand: Demand,
+    /// What the session asks of a card (for placement when it moves or changes rate).
+    pub demand: Mutex<Demand>,
+    /// Set while the session moves to another card (`State` "migrating").
+    pub migrating: AtomicBool,
     /// The card it runs on (index into `Daemon::cards`) and its id there.
     pub card: AtomicUsize,
     pub card_session: AtomicU32,

@@ -3,6 +3,7 @@
 //! and the one place every session ends ([`finish`]).
 
 pub mod buffers;
+mod migrate;
 pub mod worker;
 
 use std::str::FromStr;
@@ -182,7 +183,8 @@ pub async fn create(
         id,
         path: path.clone(),
         owner: owner.to_owned(),
-        demand,
+        demand: Mutex::new(demand),
+        migrating: AtomicBool::new(false),
         card: AtomicUsize::new(card.index),
         card_session: AtomicU32::new(sid.0),
         config: Mutex::new(cfg),
