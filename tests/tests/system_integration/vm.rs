@@ -7,7 +7,8 @@
 //! starts `vpud.service` as shipped (configured for two emulated cards, the watchdog period
 //! shortened by a drop-in so that a missing ping would show within the test), and, as a
 //! member of `vpu` on the system bus, runs `vpuctl status` and encodes a clip with
-//! `vpuctl encode`; a user outside `vpu` is refused. It reports on the serial console, which the test reads.
+//! `vpuctl encode`; a user outside `vpu` is refused. Stopped, vpud is started again by D-Bus
+//! activation when a client calls it. It reports on the serial console, which the test reads.
 //!
 //! The VM also has an IOMMU and QEMU's NVMe controller (an NVMe drive, not a card): udev, with
 //! our rules among Debian's, must leave it alone; bound to `vfio-pci` by hand and its group
@@ -138,6 +139,12 @@ r same_pid "$([ "$(systemctl show -P MainPID vpud.service)" = "$pid" ] && echo y
 r restarts "$(systemctl show -P NRestarts vpud.service)"
 systemctl stop vpud.service; r stop $?
 r result "$(systemctl show -P Result vpud.service)"
+# D-Bus activation: a client's call starts vpud.service again.
+as_user vpu-test-member busctl --system call org.vpud.Vpud1 /org/vpud/Vpud1 \
+    org.freedesktop.DBus.Peer Ping > /tmp/activated 2>&1
+r activated_status $?
+sed 's/^/VM-LOG activation: /' /tmp/activated
+r activated "$(systemctl is-active vpud.service)"
 journalctl -b -u vpud.service --no-pager -o cat | tail -40 | sed 's/^/VM-LOG journal: /'
 echo VM-DONE
 "#;
@@ -440,4 +447,6 @@ fn vpud_serves_sessions_under_its_hardened_unit() {
     expect("restarts", "0");
     expect("stop", "0");
     expect("result", "success");
+    expect("activated_status", "0");
+    expect("activated", "active");
 }
