@@ -8,9 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use vpu_ffi::{
     vpu_engine_log, vpu_session_log, vpu_session_params, VPU_ADMIN_CREATE_SESSION,
     VPU_ADMIN_DESTROY_SESSION, VPU_ADMIN_GET_LOG_PAGE, VPU_ADMIN_RECONFIGURE_SESSION,
-    VPU_ENCODED_INPUT_LAG_SHIFT, VPU_ENCODED_KEYFRAME, VPU_ENCODE_FORCE_IDR, VPU_FRAME_TYPE_B,
-    VPU_FRAME_TYPE_I, VPU_FRAME_TYPE_IDR, VPU_FRAME_TYPE_MASK, VPU_FRAME_TYPE_P,
-    VPU_FRAME_TYPE_SKIPPED, VPU_IO_ENCODE_FRAME, VPU_IO_FLUSH_SESSION, VPU_IO_NOP, VPU_LOG_ENGINE,
+    VPU_ENCODE_FORCE_IDR, VPU_IO_ENCODE_FRAME, VPU_IO_FLUSH_SESSION, VPU_IO_NOP, VPU_LOG_ENGINE,
     VPU_LOG_LSI_SHIFT, VPU_LOG_NUMDL_SHIFT, VPU_LOG_SESSION, VPU_MAX_ENGINES, VPU_RECONFIG_BITRATE,
     VPU_RECONFIG_FORCE_IDR, VPU_RECONFIG_FRAMERATE, VPU_SESSION_LOW_LATENCY,
 };
@@ -21,11 +19,12 @@ use crate::nvme::{
     VendorStatus,
 };
 
+use super::encoded::{check_encoded, BadEncoded};
 use super::error::CardError;
 use super::identity::CardIdentity;
 use super::pool::BufferPool;
 use super::types::{
-    CardOptions, EngineStats, FrameInput, FrameType, Packet, Reconfigure, SessionConfig, SessionId,
+    CardOptions, EngineStats, FrameInput, Packet, Reconfigure, SessionConfig, SessionId,
     SessionStats,
 };
 
@@ -428,52 +427,36 @@ impl Card {
         seq: u64,
         pts: u64,
     ) -> Result<Packet, CardError> {
-        let written = c.dw0;
-        if written as usize > capacity {
-            bump(&self.metrics.bad_completions, 1);
-            tracing::warn!(card = %self.device, session = id.0, written, capacity,
-                "completion claims more bytes than the output buffer holds");
-            return Err(CardError::BadByteCount {
-                device: self.device.clone(),
-                session: id.0,
-                written,
-                capacity,
-            });
-        }
-        let frame_type = match c.dw1 & VPU_FRAME_TYPE_MASK {
-            VPU_FRAME_TYPE_SKIPPED => FrameType::Skipped,
-            VPU_FRAME_TYPE_IDR => FrameType::Idr,
-            VPU_FRAME_TYPE_I => FrameType::I,
-            VPU_FRAME_TYPE_P => FrameType::P,
-            VPU_FRAME_TYPE_B => FrameType::B,
-            other => return Err(self.bad_completion(id.0, format!("unknown frame type {other}"))),
-        };
-        let input_lag = (c.dw1 >> VPU_ENCODED_INPUT_LAG_SHIFT) as u16;
-        let out_pts = if input_lag == 0 {
-            pts
-        } else {
-            let target = seq.checked_sub(u64::from(input_lag));
+        let report = check_encoded(c, capacity, seq, pts, |n| {
             let h = lock(&state.history);
-            match target.and_then(|t| h.pts.iter().find(|(s, _)| *s == t)) {
-                Some((_, p)) => *p,
-                None => {
-                    drop(h);
-                    return Err(
-                        self.bad_completion(id.0, format!("input lag {input_lag} names no input"))
-                    );
-                }
+            h.pts.iter().find(|(s, _)| *s == n).map(|(_, p)| *p)
+        });
+        let report = match report {
+            Ok(r) => r,
+            Err(BadEncoded::ByteCount { written, capacity }) => {
+                bump(&self.metrics.bad_completions, 1);
+                tracing::warn!(card = %self.device, session = id.0, written, capacity,
+                    "completion claims more bytes than the output buffer holds");
+                return Err(CardError::BadByteCount {
+                    device: self.device.clone(),
+                    session: id.0,
+                    written,
+                    capacity,
+                });
             }
+            Err(other) => return Err(self.bad_completion(id.0, other.to_string())),
         };
+        let written = report.written;
         let mut data = vec![0u8; written as usize];
         out.read(0, &mut data);
         bump(&self.metrics.frames, 1);
         bump(&self.metrics.bytes, u64::from(written));
         Ok(Packet {
             data,
-            pts: out_pts,
-            keyframe: c.dw1 & VPU_ENCODED_KEYFRAME != 0,
-            frame_type,
-            input_lag,
+            pts: report.pts,
+            keyframe: report.keyframe,
+            frame_type: report.frame_type,
+            input_lag: report.input_lag,
         })
     }
 

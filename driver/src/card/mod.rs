@@ -7,6 +7,8 @@
 //! - [`pool`]: reusable DMA buffers for copied frames and bitstream output.
 
 mod device;
+#[doc(hidden)]
+pub mod encoded;
 mod error;
 mod identity;
 mod pool;

@@ -16,6 +16,8 @@
 mod command;
 mod controller;
 mod error;
+#[doc(hidden)]
+pub mod hostile;
 mod metrics;
 mod prp;
 mod queue;
