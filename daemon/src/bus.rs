@@ -41,9 +41,9 @@ pub struct PrivateBus {
 }
 
 impl PrivateBus {
-    /// Starts a bus that lets every local client own names and talk to everyone (the
-    /// access rules of a session bus), listening on a Unix socket in a new temporary
-    /// directory. Returns once the bus accepts connections.
+    /// Starts a bus that lets every client own names and talk to everyone (the access
+    /// rules of a session bus), listening on a Unix socket in a new temporary directory
+    /// that only the current user can enter. Returns once the bus accepts connections.
     pub fn start() -> Result<PrivateBus, BusError> {
         let dir = tempfile::Builder::new()
             .prefix("vpud-bus-")
@@ -125,6 +125,9 @@ fn config_text(socket: &Path) -> String {
   <listen>unix:path={}</listen>
   <auth>EXTERNAL</auth>
   <policy context="default">
+    <!-- Any user that can reach the socket may connect; the socket's directory is
+         private to the bus owner (mode 0700) unless the owner opens it up. -->
+    <allow user="*"/>
     <allow send_destination="*" eavesdrop="true"/>
     <allow eavesdrop="true"/>
     <allow own="*"/>

@@ -1,18 +1,29 @@
 //! vpud: shares VPU encode cards between media services.
 //!
 //! The daemon finds cards (VFIO functions and emulated cards), schedules encode sessions
-//! across them and serves the D-Bus API of `docs`/`dbus-api.md`; frames and bitstream
-//! travel over a per-session data channel (`docs/data-channel.md`).
+//! across them and serves the D-Bus API of `dbus-api.md` (shipped as
+//! `daemon/dist/org.vpud.Vpud1.xml`); frames and bitstream travel over a per-session data
+//! channel (`docs/data-channel.md`).
 //!
 //! - [`config`]: the TOML configuration;
-//! - [`bus`]: a private `dbus-daemon` for machines without a bus, demos and tests;
+//! - [`discovery`]: finding, resetting and bringing up cards;
+//! - [`scheduler`]: the cost model, admission, placement policies and quotas;
+//! - [`session`]: sessions and the tasks serving their data channels;
 //! - [`channel`]: the data channel's wire format and socket;
-//! - [`service`]: the daemon itself, to run as a service or embedded in-process.
+//! - [`dbus`]: the D-Bus objects, a thin layer over the above;
+//! - [`service`]: the daemon itself, run as a service or embedded in-process;
+//! - [`bus`]: a private `dbus-daemon` for machines without a bus, demos and tests;
+//! - [`notify`]: systemd readiness and watchdog; [`metrics`]: counters.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod bus;
 pub mod channel;
 pub mod config;
+pub mod dbus;
+pub mod discovery;
+pub mod metrics;
+pub mod notify;
 pub mod scheduler;
 pub mod service;
+pub mod session;

@@ -50,7 +50,10 @@ pub fn decode_openh264(stream: &[u8]) -> Result<Vec<Vec<u8>>> {
     let mut decoder = Decoder::new().context("creating the openh264 decoder")?;
     let mut frames = Vec::new();
     for nal in openh264::nal_units(stream) {
-        if let Some(yuv) = decoder.decode(nal).context("openh264 rejected the stream")? {
+        if let Some(yuv) = decoder
+            .decode(nal)
+            .context("openh264 rejected the stream")?
+        {
             frames.push(tight_i420(&yuv));
         }
     }
@@ -81,7 +84,10 @@ pub fn decode_ffmpeg(path: &Path, width: u32, height: u32) -> Result<Vec<Vec<u8>
         .args(["-f", "rawvideo", "-pix_fmt", "yuv420p", "-"]))?;
     let size = vpu_driver::media::i420_frame_size(width, height);
     if raw.len() % size != 0 {
-        bail!("ffmpeg wrote {} bytes, not whole {size} byte frames", raw.len());
+        bail!(
+            "ffmpeg wrote {} bytes, not whole {size} byte frames",
+            raw.len()
+        );
     }
     Ok(raw.chunks(size).map(<[u8]>::to_vec).collect())
 }

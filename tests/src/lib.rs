@@ -4,8 +4,13 @@
 //! - [`clip`]: synthetic I420 clips from the driver's test pattern;
 //! - [`decode`]: H.264 decoding in-process (openh264) and with `ffmpeg`/`ffprobe`, and
 //!   Annex-B NAL inspection;
-//! - [`quality`]: PSNR.
+//! - [`quality`]: PSNR of decoded frames against their source;
+//! - [`daemon`]: a private bus with vpud on it, zbus and data-channel clients, `gdbus` and
+//!   `busctl`;
+//! - [`vm`]: the VFIO tier's VM: prerequisites, static guest program, initramfs, QEMU.
 
 pub mod clip;
+pub mod daemon;
 pub mod decode;
 pub mod quality;
+pub mod vm;

@@ -28,7 +28,11 @@ pub fn psnr_luma(reference: &[u8], decoded: &[u8], width: u32, height: u32) -> f
 
 /// Mean PSNR over a clip; panics when the clips differ in length.
 pub fn mean_psnr(reference: &[Vec<u8>], decoded: &[Vec<u8>]) -> f64 {
-    assert_eq!(reference.len(), decoded.len(), "clips differ in frame count");
+    assert_eq!(
+        reference.len(),
+        decoded.len(),
+        "clips differ in frame count"
+    );
     let capped: f64 = reference
         .iter()
         .zip(decoded)

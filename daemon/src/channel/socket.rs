@@ -140,6 +140,41 @@ impl SeqPacket {
     }
 }
 
+impl SeqPacket {
+    /// Reads and drops whatever the peer sent and nobody will read, so that closing this
+    /// end does not reset the connection (`ECONNRESET`) under the peer's pending reads.
+    /// Gives up after `max` records.
+    pub fn discard_pending(&self, max: usize) {
+        let mut buf = vec![0u8; MAX_RECORD_LEN];
+        for _ in 0..max {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+            let got = recvmsg::<()>(
+                self.fd.get_ref().as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+            );
+            match got {
+                Ok(msg) if msg.bytes > 0 => {
+                    if let Ok(cmsgs) = msg.cmsgs() {
+                        for c in cmsgs {
+                            if let ControlMessageOwned::ScmRights(raw) = c {
+                                for r in raw {
+                                    // SAFETY: the kernel installed `r` for this message;
+                                    // owning it closes it.
+                                    drop(unsafe { OwnedFd::from_raw_fd(r) });
+                                }
+                            }
+                        }
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
 fn set_nonblocking(fd: BorrowedFd<'_>) -> std::io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(std::io::Error::from)?;

@@ -2,13 +2,26 @@
 //! resolves; [`Embedded`] runs a private bus and the daemon inside the caller's process
 //! (for `vpuctl --emulate`, `vpuctl demo` and tests).
 
+pub mod health;
+pub mod state;
+
 use std::future::Future;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
+use zbus::OwnedObjectPath;
 
 use crate::bus::{BusError, PrivateBus};
-use crate::config::Config;
+use crate::channel::proto::ErrorCode;
+use crate::config::{Config, ConfigError};
+use crate::dbus;
+use crate::discovery::{self, DiscoveryError};
+use crate::metrics::Metrics;
+use crate::notify::{self, Notifier};
+use state::{CardEntry, Daemon, ROOT_PATH};
 
 /// Which message bus the daemon serves on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +60,8 @@ impl FromStr for BusChoice {
 pub struct Ready {
     /// The address of the bus it serves on.
     pub address: String,
+    /// The daemon's state (cards, sessions, metrics), for embedders and tests.
+    pub daemon: Arc<Daemon>,
 }
 
 /// Options of one daemon run that do not come from the configuration file.
@@ -77,18 +92,32 @@ impl Default for RunOptions {
 pub enum ServiceError {
     #[error("--bus {given:?}: expected system, session, private or a D-Bus address such as unix:path=/run/bus")]
     BadBus { given: String },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("starting a private bus failed")]
     PrivateBus(#[from] BusError),
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    #[error("no VPU cards found. Bind cards to vfio-pci (install udev/70-vpud.rules, or: echo vfio-pci > /sys/bus/pci/devices/ADDRESS/driver_override; echo ADDRESS > /sys/bus/pci/drivers_probe), or run emulated cards with --emulate N (or [emulated] count = N in the configuration)")]
+    NoCards,
     #[error("connecting to the {bus} bus failed")]
     Connect {
         bus: String,
         #[source]
         source: zbus::Error,
     },
+    #[error("publishing the D-Bus objects failed")]
+    Serve(#[source] zbus::Error),
+    #[error("requesting the bus name {name} failed")]
+    Name {
+        name: &'static str,
+        #[source]
+        source: zbus::Error,
+    },
+    #[error("the bus name {name} is taken (is another vpud running?)")]
+    NameTaken { name: &'static str },
     #[error("the daemon stopped before it was ready")]
     NotReady,
-    #[error("the card layer is not available in this build")]
-    CardLayerMissing,
 }
 
 /// Runs the daemon until `shutdown` resolves (SIGTERM in the service binary), then closes
@@ -98,8 +127,164 @@ pub async fn run(
     opts: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServiceError> {
-    let _ = (config, opts, shutdown);
-    Err(ServiceError::CardLayerMissing)
+    config.validate("configuration")?;
+    let notifier = if opts.systemd_notify {
+        match Notifier::from_env() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "systemd notification socket unusable");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let found = discovery::discover(&config, opts.emulate).await?;
+    if found.is_empty() {
+        return Err(ServiceError::NoCards);
+    }
+    let cards = found
+        .into_iter()
+        .enumerate()
+        .map(|(index, f)| {
+            Arc::new(CardEntry {
+                index,
+                path: card_path(index),
+                name: f.info.name.clone(),
+                backend: f.info.backend,
+                pci_address: f.info.pci_address.clone(),
+                card: f.card,
+                emulator: f.emulator,
+                errors: AtomicU64::new(0),
+                reset_lock: tokio::sync::Mutex::new(()),
+            })
+        })
+        .collect::<Vec<_>>();
+    for c in &cards {
+        tracing::info!(card = %c.name, index = c.index, backend = %c.backend,
+            capacity = c.card.identity().capacity(), "card online");
+    }
+    let daemon = Arc::new(Daemon::new(config, cards, Arc::new(Metrics::default())));
+
+    let (builder, address, _private) = match &opts.bus {
+        BusChoice::System => (
+            zbus::connection::Builder::system(),
+            std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
+                .unwrap_or_else(|_| "unix:path=/run/dbus/system_bus_socket".into()),
+            None,
+        ),
+        BusChoice::Session => (
+            zbus::connection::Builder::session(),
+            std::env::var("DBUS_SESSION_BUS_ADDRESS").unwrap_or_default(),
+            None,
+        ),
+        BusChoice::Private => {
+            let bus = PrivateBus::start()?;
+            let address = bus.address().to_owned();
+            (
+                zbus::connection::Builder::address(address.as_str()),
+                address,
+                Some(bus),
+            )
+        }
+        BusChoice::Address(a) => (
+            zbus::connection::Builder::address(a.as_str()),
+            a.clone(),
+            None,
+        ),
+    };
+    let bus_name = match &opts.bus {
+        BusChoice::System => "system".to_owned(),
+        BusChoice::Session => "session".to_owned(),
+        _ => address.clone(),
+    };
+    let conn = builder
+        .build()
+        .await
+        .map_err(|source| ServiceError::Connect {
+            bus: bus_name.clone(),
+            source,
+        })?;
+    daemon.set_connection(conn.clone());
+    dbus::serve_objects(&daemon, &conn)
+        .await
+        .map_err(ServiceError::Serve)?;
+    let watcher = tokio::spawn(dbus::watch_clients(Arc::clone(&daemon), conn.clone()));
+    let reply = conn
+        .request_name_with_flags(dbus::BUS_NAME, zbus::fdo::RequestNameFlags::DO_NOT_QUEUE)
+        .await
+        .map_err(|source| ServiceError::Name {
+            name: dbus::BUS_NAME,
+            source,
+        })?;
+    if !matches!(
+        reply,
+        zbus::fdo::RequestNameReply::PrimaryOwner | zbus::fdo::RequestNameReply::AlreadyOwner
+    ) {
+        return Err(ServiceError::NameTaken {
+            name: dbus::BUS_NAME,
+        });
+    }
+    tracing::info!(bus = %bus_name, name = dbus::BUS_NAME, cards = daemon.cards.len(), "serving");
+    if let Some(n) = &notifier {
+        if let Err(e) = n.send("READY=1\nSTATUS=serving") {
+            tracing::warn!(error = %e, "telling systemd we are ready failed");
+        }
+    }
+    if let Some(tx) = opts.ready {
+        let _ = tx.send(Ready {
+            address: address.clone(),
+            daemon: Arc::clone(&daemon),
+        });
+    }
+    let monitor = tokio::spawn(health::monitor(Arc::clone(&daemon)));
+
+    let watchdog = notifier.as_ref().and(notify::watchdog_interval());
+    let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = ping.tick(), if watchdog.is_some() => {
+                if let Some(n) = &notifier {
+                    if let Err(e) = n.send("WATCHDOG=1") {
+                        tracing::warn!(error = %e, "watchdog ping failed");
+                    }
+                }
+            }
+        }
+    }
+
+    tracing::info!("shutting down");
+    if let Some(n) = &notifier {
+        let _ = n.send("STOPPING=1");
+    }
+    daemon.shutting_down.store(true, Ordering::Release);
+    monitor.abort();
+    let sessions = daemon.all_sessions();
+    for s in &sessions {
+        s.request_close(Some(ErrorCode::Shutdown), "the daemon is stopping");
+    }
+    for s in &sessions {
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.wait_finished()).await;
+    }
+    let _ = conn.release_name(dbus::BUS_NAME).await;
+    watcher.abort();
+    for c in &daemon.cards {
+        match tokio::time::timeout(Duration::from_secs(5), c.card.shutdown()).await {
+            Ok(Ok(())) => tracing::info!(card = %c.name, "card shut down"),
+            Ok(Err(e)) => tracing::warn!(card = %c.name, error = %e, "card shutdown failed"),
+            Err(_) => tracing::warn!(card = %c.name, "card shutdown timed out"),
+        }
+    }
+    Ok(())
+}
+
+fn card_path(index: usize) -> OwnedObjectPath {
+    // A path of the fixed root plus a decimal number is always valid.
+    OwnedObjectPath::try_from(format!("{ROOT_PATH}/card/{index}")).unwrap_or_else(|_| {
+        OwnedObjectPath::from(zbus::ObjectPath::from_static_str_unchecked(ROOT_PATH))
+    })
 }
 
 /// A private bus with the daemon running on it, inside this process. Dropping it stops
@@ -107,6 +292,7 @@ pub async fn run(
 #[derive(Debug)]
 pub struct Embedded {
     bus: PrivateBus,
+    daemon: Arc<Daemon>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), ServiceError>>>,
 }
@@ -127,27 +313,32 @@ impl Embedded {
         let task = tokio::spawn(run(config, opts, async move {
             let _ = stop_rx.await;
         }));
-        let mut embedded = Embedded {
-            bus,
-            stop: Some(stop_tx),
-            task: Some(task),
-        };
-        if ready_rx.await.is_err() {
+        let ready = match ready_rx.await {
+            Ok(r) => r,
             // The daemon ended before it was ready: report its own error.
-            return Err(match embedded.task.take() {
-                Some(task) => match task.await {
+            Err(_) => {
+                return Err(match task.await {
                     Ok(Err(e)) => e,
                     _ => ServiceError::NotReady,
-                },
-                None => ServiceError::NotReady,
-            });
-        }
-        Ok(embedded)
+                })
+            }
+        };
+        Ok(Embedded {
+            bus,
+            daemon: ready.daemon,
+            stop: Some(stop_tx),
+            task: Some(task),
+        })
     }
 
     /// The private bus's address.
     pub fn address(&self) -> &str {
         self.bus.address()
+    }
+
+    /// The daemon's state: cards (with their emulators), sessions, metrics.
+    pub fn daemon(&self) -> &Arc<Daemon> {
+        &self.daemon
     }
 
     /// Stops the daemon (sessions closed, cards shut down) and waits for it.

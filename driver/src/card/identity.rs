@@ -83,3 +83,56 @@ impl CardIdentity {
         })
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::nvme::read_struct;
+    use std::mem::offset_of;
+    use vpu_ffi::{vpu_identify_vpu, VPU_IDENTIFY_SIZE};
+
+    fn identify(bytes: &[u8]) -> vpu_identify_controller {
+        read_struct(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_plain_nvme_controller_is_not_a_vpu() {
+        let bytes = vec![0u8; VPU_IDENTIFY_SIZE as usize];
+        assert!(matches!(
+            CardIdentity::from_identify("nvme0", &identify(&bytes)),
+            Err(CardError::NotVpu { device }) if device == "nvme0"
+        ));
+    }
+
+    #[test]
+    fn the_vpu_block_is_read() {
+        let mut b = vec![b' '; VPU_IDENTIFY_SIZE as usize];
+        let vpu = offset_of!(vpu_identify_controller, vpu);
+        b[vpu..].fill(0);
+        b[0..2].copy_from_slice(&0x1dedu16.to_le_bytes());
+        b[4..8].copy_from_slice(b"S123");
+        b[24..32].copy_from_slice(b"VPU-EMU ");
+        let at = |f: usize| vpu + f;
+        b[at(offset_of!(vpu_identify_vpu, magic))..][..4].copy_from_slice(&IDENTIFY_MAGIC);
+        b[at(offset_of!(vpu_identify_vpu, version))] = 1;
+        b[at(offset_of!(vpu_identify_vpu, encode_engines))] = 2;
+        b[at(offset_of!(vpu_identify_vpu, capacity_per_engine))..][..4]
+            .copy_from_slice(&1_000_000u32.to_le_bytes());
+        b[at(offset_of!(vpu_identify_vpu, codecs))] = 0b101;
+        b[at(offset_of!(vpu_identify_vpu, pixel_formats))] = 0b11;
+        let id = CardIdentity::from_identify("emu0", &identify(&b)).unwrap();
+        assert_eq!(id.serial, "S123");
+        assert_eq!(id.model, "VPU-EMU");
+        assert_eq!(id.vendor_id, 0x1ded);
+        assert_eq!(id.codecs, vec![Codec::H264, Codec::Av1]);
+        assert_eq!(id.pixel_formats, vec![PixelFormat::I420, PixelFormat::Nv12]);
+        assert_eq!(id.capacity(), 2_000_000);
+
+        b[at(offset_of!(vpu_identify_vpu, version))] = 9;
+        assert!(matches!(
+            CardIdentity::from_identify("emu0", &identify(&b)),
+            Err(CardError::UnsupportedVersion { version: 9, .. })
+        ));
+    }
+}

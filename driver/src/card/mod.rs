@@ -1,16 +1,22 @@
 //! The video command set on top of the NVMe transport: identify, sessions, frames in,
 //! packets out. This is the API the daemon uses.
 //!
-//! - [`types`]: codecs, pixel formats, session configuration, packets, statistics;
-//! - [`identity`]: the card's identity from Identify Controller's VPU block;
-//! - [`device`]: [`Card`], its sessions and commands;
-//! - [`pool`]: reusable DMA buffers for copied frames and bitstream output.
+//! - `types`: codecs, pixel formats, session configuration, packets, statistics;
+//! - `identity`: the card's identity from Identify Controller's VPU block;
+//! - `device`: [`Card`], its sessions and commands;
+//! - `encode`: Encode Frame, output buffers, checks on the card's answer;
+//! - `logs`: engine and session log pages;
+//! - `params`: the Create Session parameter block;
+//! - `pool`: reusable DMA buffers for copied frames and bitstream output.
 
 mod device;
+mod encode;
 #[doc(hidden)]
 pub mod encoded;
 mod error;
 mod identity;
+mod logs;
+mod params;
 mod pool;
 mod types;
 

@@ -16,8 +16,9 @@ use super::session::{Session, SessionParams};
 
 /// Asynchronous Event Requests the card holds at once (Identify AERL + 1).
 const AER_LIMIT: usize = 4;
-/// Maximum data transfer: 2^MDTS pages (4 MiB with 4 KiB pages), enough for a 4K frame.
-const MDTS: u8 = 10;
+/// Maximum data transfer: 2^MDTS pages of CAP.MPSMIN (32 MiB), what the largest frame
+/// with generous strides needs.
+const MDTS: u8 = super::params::MDTS;
 /// NVMe status: Asynchronous Event Request Limit Exceeded (SCT 1).
 const SC_AER_LIMIT: u32 = 0x05;
 
@@ -283,6 +284,10 @@ fn get_log(shared: &Shared, ctrl: &Ctrl, sqe: &vpu_sqe) -> Option<Done> {
     let lid = sqe.cdw10 & 0xff;
     let numd = ((sqe.cdw10 >> VPU_LOG_NUMDL_SHIFT) | ((sqe.cdw11 & 0xffff) << 16)) as usize + 1;
     let len = numd * 4;
+    // Log page offsets (CDW12-13) are not supported (Identify LPA clear).
+    if len > super::params::MAX_TRANSFER || sqe.cdw12 != 0 || sqe.cdw13 != 0 {
+        return invalid_field();
+    }
     let lsi = sqe.cdw11 >> VPU_LOG_LSI_SHIFT;
     match lid {
         VPU_LOG_ENGINE => {
@@ -323,15 +328,31 @@ fn get_log(shared: &Shared, ctrl: &Ctrl, sqe: &vpu_sqe) -> Option<Done> {
             };
             Some(send_log(shared, ctrl, sqe, &log, len))
         }
+        VPU_LOG_ERROR => {
+            let entry = ctrl.last_error.map(|e| e.to_bytes()).unwrap_or([0; 64]);
+            Some(send_bytes(shared, ctrl, sqe, &entry, len))
+        }
         _ => Some(Done::err(Status::specific(VPU_SC_INVALID_LOG_PAGE))),
     }
 }
 
 /// Transfers `len` bytes of a log page: the page, then zeros when more was asked for.
 fn send_log<T: Pod>(shared: &Shared, ctrl: &Ctrl, sqe: &vpu_sqe, log: &T, len: usize) -> Done {
-    let bytes = as_bytes(log);
+    send_bytes(shared, ctrl, sqe, as_bytes(log), len)
+}
+
+fn send_bytes(shared: &Shared, ctrl: &Ctrl, sqe: &vpu_sqe, bytes: &[u8], len: usize) -> Done {
     if len <= bytes.len() {
-        return send(shared, ctrl, sqe, log, len);
+        return match prp::write(
+            &shared.iova,
+            sqe.prp1,
+            sqe.prp2,
+            ctrl.page_size(),
+            &bytes[..len],
+        ) {
+            Ok(()) => Done::ok(0),
+            Err(e) => Done::err(prp_status(e, shared)),
+        };
     }
     let mut buf = bytes.to_vec();
     buf.resize(len, 0);
@@ -345,7 +366,18 @@ fn abort(shared: &Shared, ctrl: &mut Ctrl, sqe: &vpu_sqe) -> Option<Done> {
     let sqid = (sqe.cdw10 & 0xffff) as u16;
     let cid = (sqe.cdw10 >> VPU_ABORT_CID_SHIFT) as u16;
     let mut aborted = false;
-    if sqid != 0 {
+    if sqid == 0 {
+        if let Some(i) = ctrl.aers.iter().position(|o| o.cid == cid) {
+            let origin = ctrl.aers.remove(i);
+            aborted = true;
+            queues::post(
+                shared,
+                ctrl,
+                origin,
+                Done::err(Status::generic(VPU_SC_ABORT_REQUESTED)),
+            );
+        }
+    } else {
         for e in &shared.engines {
             for job in e.take(|j| j.origin.sqid == sqid && j.origin.cid == cid) {
                 aborted = true;
@@ -399,12 +431,16 @@ fn create_session(shared: &Shared, ctrl: &mut Ctrl, sqe: &vpu_sqe) -> Option<Don
     let Some(engine) = engine else {
         return Some(Done::err(Status::vendor(VPU_SC_NO_CAPACITY)));
     };
-    let id = ctrl.next_session;
+    // Ids start at 1 and are not reused while a session holds them.
+    let mut id = ctrl.next_session;
+    while id == 0 || ctrl.sessions.contains_key(&id) {
+        id = id.wrapping_add(1);
+    }
     let session = match Session::new(id, engine as u8, params) {
         Ok(s) => Arc::new(s),
         Err(s) => return Some(Done::err(s)),
     };
-    ctrl.next_session = ctrl.next_session.checked_add(1).unwrap_or(1);
+    ctrl.next_session = id.wrapping_add(1);
     ctrl.sessions.insert(id, session);
     shared.engines[engine]
         .counters

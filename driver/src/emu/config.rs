@@ -22,10 +22,13 @@ pub struct EmuConfig {
     /// Throttle each engine to `pixel_rate_per_engine`, so that scheduling sees the
     /// declared throughput rather than the host CPU's.
     pub pace: bool,
-    /// Largest picture accepted; at most 3840x2160, the software encoder's limit.
+    /// Widest picture accepted (luma samples); at most 3840, the software encoder's limit.
     pub max_width: u16,
+    /// Tallest picture accepted; at most 2160 (3840 for portrait within 2160 wide).
     pub max_height: u16,
+    /// Sessions one engine accepts (Create Session answers NO_CAPACITY beyond).
     pub max_sessions_per_engine: u16,
+    /// Encode Frame commands one session should have queued, as declared in Identify.
     pub max_frames_in_flight: u16,
     /// Identify strings (ASCII; truncated to 20, 40 and 8 bytes).
     pub serial: String,

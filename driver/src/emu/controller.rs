@@ -6,13 +6,15 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
-use vpu_ffi::{vpu_sqe, VPU_CC_MPS_MASK, VPU_CC_MPS_SHIFT, VPU_SQE_SIZE};
+use vpu_ffi::{
+    vpu_sqe, VPU_CC_MPS_MASK, VPU_CC_MPS_SHIFT, VPU_SC_DATA_TRANSFER_ERROR, VPU_SQE_SIZE,
+};
 
 use super::config::EmuConfig;
 use super::dma::{from_bytes, IovaTable};
 use super::engine::Engine;
 use super::pci::PciConfig;
-use super::queues::{self, CompQueue, Origin, SubQueue};
+use super::queues::{self, CompQueue, Origin, Status, SubQueue};
 use super::session::Session;
 use super::{admin, io_cmd, lock};
 
@@ -115,6 +117,9 @@ pub(super) struct Ctrl {
     pub events: VecDeque<u32>,
     /// Interrupt vectors with completions not yet signalled.
     pub irq_pending: u64,
+    /// The latest Error Information log entry (Identify ELPE = 0: one entry kept).
+    pub last_error: Option<ErrorEntry>,
+    pub error_count: u64,
     rr: usize,
 }
 
@@ -139,6 +144,8 @@ impl Ctrl {
             aers: Vec::new(),
             events: VecDeque::new(),
             irq_pending: 0,
+            last_error: None,
+            error_count: 0,
             rr: 1,
         }
     }
@@ -152,10 +159,45 @@ impl Ctrl {
         self.ready_at.is_some_and(|t| Instant::now() >= t)
     }
 
+    /// Records an error in the Error Information log page. `sqid`/`cid` are 0xffff when
+    /// the error belongs to no command.
+    pub fn log_error(&mut self, sqid: u16, cid: u16, status: Status) {
+        self.error_count += 1;
+        self.last_error = Some(ErrorEntry {
+            count: self.error_count,
+            sqid,
+            cid,
+            status,
+        });
+    }
+
     pub fn serial(&mut self) -> u64 {
         let s = self.next_serial;
         self.next_serial += 1;
         s
+    }
+}
+
+/// One entry of the Error Information log page (NVMe 1.4 section 5.14.1.1).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ErrorEntry {
+    pub count: u64,
+    pub sqid: u16,
+    pub cid: u16,
+    pub status: Status,
+}
+
+impl ErrorEntry {
+    /// The 64-byte entry: error count, SQ id, command id, status field (phase bit 0),
+    /// parameter error location (none: 0xffff), the rest zero.
+    pub fn to_bytes(self) -> [u8; 64] {
+        let mut b = [0u8; 64];
+        b[0..8].copy_from_slice(&self.count.to_le_bytes());
+        b[8..10].copy_from_slice(&self.sqid.to_le_bytes());
+        b[10..12].copy_from_slice(&self.cid.to_le_bytes());
+        b[12..14].copy_from_slice(&self.status.0.to_le_bytes());
+        b[14..16].copy_from_slice(&u16::MAX.to_le_bytes());
+        b
     }
 }
 
@@ -174,7 +216,9 @@ fn fetch(shared: &Shared, ctrl: &mut Ctrl, qid: usize) -> Option<(vpu_sqe, Origi
     if sq.head == sq.tail {
         return None;
     }
-    let addr = sq.base + u64::from(sq.head) * u64::from(VPU_SQE_SIZE);
+    let addr = sq
+        .base
+        .wrapping_add(u64::from(sq.head) * u64::from(VPU_SQE_SIZE));
     let mut buf = [0u8; VPU_SQE_SIZE as usize];
     if let Err(f) = shared.iova.read(addr, &mut buf) {
         shared.counters.dma_faults.fetch_add(1, Ordering::Relaxed);
@@ -214,6 +258,9 @@ fn process(shared: &Shared, ctrl: &mut Ctrl) -> bool {
                 io_cmd::execute(shared, ctrl, &sqe, origin)
             };
             if let Some(done) = outcome {
+                if done.status == Status::generic(VPU_SC_DATA_TRANSFER_ERROR) {
+                    ctrl.log_error(origin.sqid, origin.cid, done.status);
+                }
                 queues::post(shared, ctrl, origin, done);
             }
         }
@@ -232,6 +279,9 @@ pub(super) fn run(shared: Arc<Shared>) {
         let busy = can_process(&shared, &ctrl) && process(&shared, &mut ctrl);
         queues::flush_interrupts(&shared, &mut ctrl);
         if busy {
+            // Let register accesses and engine completions in between bursts.
+            drop(ctrl);
+            ctrl = lock(&shared.ctrl);
             continue;
         }
         let wait = match ctrl.ready_at {

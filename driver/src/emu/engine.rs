@@ -246,7 +246,14 @@ impl Engine {
 pub(super) fn run(shared: Arc<Shared>, engine: Arc<Engine>) {
     let pixel_rate = shared.config.pixel_rate_per_engine.max(1);
     while let Some((job, factor)) = engine.next() {
+        if shared.removed.load(Ordering::Acquire) {
+            // A card that fell off the bus does nothing more.
+            continue;
+        }
         let done = match &job.kind {
+            JobKind::Encode(_) if !shared.bus_master() => {
+                Done::err(Status::generic(VPU_SC_DATA_TRANSFER_ERROR))
+            }
             JobKind::Flush => Done::ok(0),
             JobKind::Encode(_) if job.session.destroyed.load(Ordering::Acquire) => {
                 Done::err(Status::vendor(VPU_SC_SESSION_ABORTED))
@@ -257,7 +264,17 @@ pub(super) fn run(shared: Arc<Shared>, engine: Arc<Engine>) {
                     .state
                     .store(VPU_ENGINE_STATE_BUSY as u8, Ordering::Relaxed);
                 let start = Instant::now();
-                let result = job.session.encode(&e.input, &e.output, e.force_idr);
+                let generation = job.origin.generation;
+                let may_write = || {
+                    let ctrl = lock(&shared.ctrl);
+                    let live = ctrl.generation == generation
+                        && shared.bus_master()
+                        && !shared.removed.load(Ordering::Acquire);
+                    live.then_some(ctrl)
+                };
+                let result = job
+                    .session
+                    .encode(&e.input, &e.output, e.force_idr, may_write);
                 let worked = start.elapsed();
                 // Pacing holds the frame for the declared rate; a slow engine takes
                 // `factor` times as long as it otherwise would.

@@ -54,7 +54,6 @@ fn encode(shared: &Shared, ctrl: &mut Ctrl, sqe: &vpu_sqe, origin: Origin) -> Op
     if flags & !(VPU_ENCODE_FORCE_IDR | VPU_ENCODE_END_OF_STREAM) != 0 {
         return Some(Done::err(Status::generic(VPU_SC_INVALID_FIELD)));
     }
-    session.counters.frames_in.fetch_add(1, Ordering::Relaxed);
     let out_len = sqe.cdw14 as usize;
     let in_len = sqe.cdw15 as usize;
     let needed = session.params.frame_len();
@@ -90,6 +89,7 @@ fn encode(shared: &Shared, ctrl: &mut Ctrl, sqe: &vpu_sqe, origin: Origin) -> Op
             return dma_error(shared, origin, f.iova, f.len, f.reason);
         }
     };
+    session.counters.frames_in.fetch_add(1, Ordering::Relaxed);
     let engine = &shared.engines[usize::from(session.engine)];
     engine.submit(Job {
         session: Arc::clone(session),

@@ -9,11 +9,19 @@
 //! `engines` worker threads that encode with `openh264`. Faults can be injected
 //! ([`Fault`]).
 //!
-//! Layout: `card` (the `DeviceIo` face and thread ownership), `pci` (config space), `regs`
-//! (controller registers and the enable/reset state machine), `queues` (submission and
-//! completion queues, completion posting, interrupts), `controller` (the thread that
-//! fetches commands), `admin` and `io_cmd` (command handlers), `dma` and `prp` (IOVA table
-//! and PRP walking), `session` and `engine` (the encoders), `fault`, `config`.
+//! Layout: `card` (the `DeviceIo` face, thread ownership, fault injection), `pci` (config
+//! space), `regs` (controller registers, the enable/reset state machine, doorbells),
+//! `queues` (submission and completion queues, completion posting, interrupts),
+//! `controller` (shared state and the thread that fetches commands), `admin` and `io_cmd`
+//! (command handlers), `dma` and `prp` (IOVA table and PRP walking), `params`, `session`
+//! and `engine` (the encoders), `fault`, `config`. `tests/` drives the card only through
+//! `DeviceIo`, with a small host-side queue builder.
+//!
+//! Threads: one controller thread fetches and dispatches commands; each engine thread
+//! encodes its queue of frames in order and posts completions. Both stop when the card is
+//! dropped. Lock order: controller state, then an engine's queue or a session's pending
+//! changes; an engine holds a session's encoder, then the controller state (only to write
+//! a finished bitstream and post).
 
 mod admin;
 mod card;
@@ -23,6 +31,7 @@ mod dma;
 mod engine;
 mod fault;
 mod io_cmd;
+mod params;
 mod pci;
 mod prp;
 mod queues;

@@ -73,7 +73,7 @@ pub(super) fn walk(
         while done < data_entries {
             let n = (data_entries - done).min(LIST_CHUNK);
             let bytes = &mut chunk[..n * 8];
-            table.read(list + (done * 8) as u64, bytes)?;
+            table.read(list.wrapping_add((done * 8) as u64), bytes)?;
             for entry in bytes.chunks_exact(8) {
                 let mut e = [0u8; 8];
                 e.copy_from_slice(entry);
@@ -91,7 +91,7 @@ pub(super) fn walk(
             return Ok(());
         }
         let mut e = [0u8; 8];
-        table.read(list + ((in_page - 1) * 8) as u64, &mut e)?;
+        table.read(list.wrapping_add(((in_page - 1) * 8) as u64), &mut e)?;
         let next = u64::from_le_bytes(e);
         if next % page64 != 0 {
             return Err(PrpError::InvalidOffset);

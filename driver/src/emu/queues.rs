@@ -198,7 +198,9 @@ pub(super) fn drain(shared: &Shared, ctrl: &mut Ctrl, cqid: u16) {
         } else {
             cqe.status &= !(VPU_CQE_PHASE as u16);
         }
-        let addr = cq.base + u64::from(cq.tail) * u64::from(VPU_CQE_SIZE);
+        let addr = cq
+            .base
+            .wrapping_add(u64::from(cq.tail) * u64::from(VPU_CQE_SIZE));
         // The phase tag is in the last dword: write the first 12 bytes, then that dword, so
         // the host never sees the new phase with stale contents.
         let bytes = as_bytes(&cqe);

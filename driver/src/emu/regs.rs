@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use vpu_ffi::*;
 
 use super::controller::{Ctrl, Shared, QUEUE_PAIRS};
+use super::pci::MSIX_TABLE_OFFSET;
 use super::queues::{self, CompQueue, SubQueue};
 
 /// Maximum Queue Entries Supported, 0's based.
@@ -70,6 +71,9 @@ pub(super) fn write(shared: &Shared, ctrl: &mut Ctrl, offset: u32, value: u32) {
         o if o == VPU_REG_ASQ + 4 => ctrl.asq = (ctrl.asq & 0xffff_ffff) | (u64::from(value) << 32),
         VPU_REG_ACQ => ctrl.acq = (ctrl.acq & !0xffff_ffff) | u64::from(value),
         o if o == VPU_REG_ACQ + 4 => ctrl.acq = (ctrl.acq & 0xffff_ffff) | (u64::from(value) << 32),
+        // The MSI-X table and PBA are programmed by the host kernel (VFIO), not by the
+        // driver: writes there are accepted and have no effect on the model.
+        o if o >= MSIX_TABLE_OFFSET => {}
         o if o >= VPU_REG_DBS => doorbell(shared, ctrl, o, value),
         // CAP, VS, CSTS are read-only; NSSR is not supported (CAP.NSSRS clear).
         _ => {}
@@ -159,6 +163,8 @@ pub(super) fn reset(shared: &Shared, ctrl: &mut Ctrl) {
     ctrl.queues_granted = None;
     ctrl.aers.clear();
     ctrl.events.clear();
+    ctrl.last_error = None;
+    ctrl.error_count = 0;
     ctrl.irq_pending = 0;
     ctrl.cfs = false;
     ctrl.shst = 0;
@@ -183,6 +189,7 @@ fn bad_doorbell(shared: &Shared, ctrl: &mut Ctrl, offset: u32, value: u32, event
         .counters
         .doorbell_errors
         .fetch_add(1, Ordering::Relaxed);
+    ctrl.log_error(u16::MAX, u16::MAX, queues::Status::SUCCESS);
     tracing::warn!(card = %shared.name, offset, value, reason = why, "invalid doorbell write ignored");
     async_event(shared, ctrl, event);
     queues::flush_interrupts(shared, ctrl);

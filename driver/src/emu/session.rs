@@ -1,4 +1,4 @@
-//! Encode sessions: validated parameters and the persistent `openh264` encoder of each.
+//! Encode sessions: the persistent `openh264` encoder of each, and Encode Frame.
 //!
 //! The input frame is read straight from the host's DMA memory: the planes are slices of
 //! the mapped region, handed to the encoder as a `YUVSource` with the session's strides.
@@ -8,187 +8,15 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use openh264::encoder::{
-    BitRate, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Level, Profile,
-    QpRange, RateControlMode, UsageType,
-};
+use openh264::encoder::{Encoder, FrameType};
 use openh264::formats::YUVSource;
 use openh264::OpenH264API;
 use vpu_ffi::*;
 
-use super::config::{EmuConfig, ENCODER_MAX_LONG_SIDE, ENCODER_MAX_SHORT_SIDE};
 use super::lock;
+pub(super) use super::params::SessionParams;
 use super::prp::{HostSpan, Spans};
 use super::queues::Status;
-
-/// Validated session parameters.
-#[derive(Debug, Clone)]
-pub(super) struct SessionParams {
-    pub nv12: bool,
-    pub width: usize,
-    pub height: usize,
-    pub fps_num: u32,
-    pub fps_den: u32,
-    pub stride_y: usize,
-    pub stride_uv: usize,
-    pub rate_control: u8,
-    pub qp: u8,
-    pub bitrate: u32,
-    pub gop: u32,
-    pub level: Option<Level>,
-}
-
-fn level(idc: u8) -> Option<Option<Level>> {
-    Some(Some(match idc {
-        0 => return Some(None),
-        10 => Level::Level_1_0,
-        11 => Level::Level_1_1,
-        12 => Level::Level_1_2,
-        13 => Level::Level_1_3,
-        20 => Level::Level_2_0,
-        21 => Level::Level_2_1,
-        22 => Level::Level_2_2,
-        30 => Level::Level_3_0,
-        31 => Level::Level_3_1,
-        32 => Level::Level_3_2,
-        40 => Level::Level_4_0,
-        41 => Level::Level_4_1,
-        42 => Level::Level_4_2,
-        50 => Level::Level_5_0,
-        51 => Level::Level_5_1,
-        52 => Level::Level_5_2,
-        _ => return None,
-    }))
-}
-
-impl SessionParams {
-    /// Checks Create Session's parameters against the card; the error is the status the
-    /// command completes with.
-    pub fn validate(p: &vpu_session_params, cfg: &EmuConfig) -> Result<Self, Status> {
-        let invalid = Status::vendor(VPU_SC_INVALID_PARAMS);
-        let unsupported = Status::vendor(VPU_SC_UNSUPPORTED_FORMAT);
-        if u32::from(p.codec) != VPU_CODEC_H264 {
-            return Err(Status::vendor(VPU_SC_UNSUPPORTED_CODEC));
-        }
-        let nv12 = match u32::from(p.pixel_format) {
-            VPU_PIXFMT_I420 => false,
-            VPU_PIXFMT_NV12 => true,
-            _ => return Err(unsupported),
-        };
-        if !matches!(
-            u32::from(p.profile),
-            0 | VPU_PROFILE_H264_CONSTRAINED_BASELINE
-        ) {
-            return Err(unsupported);
-        }
-        let level = level(p.level).ok_or(invalid)?;
-        if p.bframes != 0 {
-            return Err(unsupported);
-        }
-        let (w, h) = (p.width, p.height);
-        if w < 16 || h < 16 || w % 2 != 0 || h % 2 != 0 {
-            return Err(invalid);
-        }
-        if w > cfg.max_width
-            || h > cfg.max_height
-            || w.max(h) > ENCODER_MAX_LONG_SIDE
-            || w.min(h) > ENCODER_MAX_SHORT_SIDE
-        {
-            return Err(Status::vendor(VPU_SC_TOO_LARGE));
-        }
-        let (fps_num, fps_den) = (p.fps_num, p.fps_den);
-        if fps_num == 0 || fps_den == 0 || fps_num / fps_den > 240 {
-            return Err(invalid);
-        }
-        let (stride_y, stride_uv) = (p.stride_y as usize, p.stride_uv as usize);
-        let chroma_row = if nv12 {
-            usize::from(w)
-        } else {
-            usize::from(w) / 2
-        };
-        if stride_y < usize::from(w)
-            || stride_uv < chroma_row
-            || stride_y > 1 << 16
-            || stride_uv > 1 << 16
-        {
-            return Err(invalid);
-        }
-        let (bitrate, max_bitrate, qp) = (p.bitrate, p.max_bitrate, p.qp);
-        match u32::from(p.rate_control) {
-            VPU_RC_CBR | VPU_RC_VBR => {
-                // openh264 takes the bitrate as a C int.
-                if bitrate < 1000 || bitrate > i32::MAX as u32 {
-                    return Err(invalid);
-                }
-                if max_bitrate != 0 && max_bitrate < bitrate {
-                    return Err(invalid);
-                }
-            }
-            VPU_RC_CQP => {
-                if qp > 51 {
-                    return Err(invalid);
-                }
-            }
-            _ => return Err(unsupported),
-        }
-        Ok(Self {
-            nv12,
-            width: usize::from(w),
-            height: usize::from(h),
-            fps_num,
-            fps_den,
-            stride_y,
-            stride_uv,
-            rate_control: p.rate_control,
-            qp,
-            bitrate,
-            gop: p.gop,
-            level,
-        })
-    }
-
-    /// Bytes an input frame occupies with the session's strides.
-    pub fn frame_len(&self) -> usize {
-        let chroma_planes = if self.nv12 { 1 } else { 2 };
-        self.stride_y * self.height + chroma_planes * self.stride_uv * (self.height / 2)
-    }
-
-    /// Luma samples per frame.
-    pub fn luma(&self) -> u64 {
-        (self.width * self.height) as u64
-    }
-
-    /// Luma samples per second the session asks for.
-    pub fn pixel_rate(&self) -> u64 {
-        self.luma() * u64::from(self.fps_num) / u64::from(self.fps_den)
-    }
-
-    fn fps(&self) -> f32 {
-        self.fps_num as f32 / self.fps_den as f32
-    }
-
-    fn encoder_config(&self, bitrate: u32, fps: f32) -> EncoderConfig {
-        let c = EncoderConfig::new()
-            .skip_frames(false)
-            .usage_type(UsageType::CameraVideoRealTime)
-            .max_frame_rate(FrameRate::from_hz(fps))
-            .intra_frame_period(IntraFramePeriod::from_num_frames(self.gop))
-            .num_threads(1)
-            .profile(Profile::Baseline);
-        let c = match self.level {
-            Some(l) => c.level(l),
-            None => c,
-        };
-        if u32::from(self.rate_control) == VPU_RC_CQP {
-            // `validate` keeps qp <= 51, so QpRange::new cannot panic.
-            c.rate_control_mode(RateControlMode::Quality)
-                .qp(QpRange::new(self.qp, self.qp))
-        } else {
-            c.rate_control_mode(RateControlMode::Bitrate)
-                .bitrate(BitRate::from_bps(bitrate))
-        }
-    }
-}
 
 /// Per-session counters (the session log).
 #[derive(Debug, Default)]
@@ -212,6 +40,8 @@ struct Codec {
     encoder: Encoder,
     /// Whether the encoder has seen a frame (openh264 initialises on the first one).
     started: bool,
+    /// Whether the VBR peak has been given to the encoder (possible once it started).
+    peak_set: bool,
     bitrate: u32,
     fps: f32,
     /// The next frame must be an IDR (after an output that did not fit was dropped).
@@ -281,14 +111,50 @@ impl YUVSource for Planes<'_> {
 }
 
 fn new_encoder(params: &SessionParams, bitrate: u32, fps: f32) -> Result<Encoder, Status> {
-    Encoder::with_api_config(
+    let mut encoder = Encoder::with_api_config(
         OpenH264API::from_source(),
         params.encoder_config(bitrate, fps),
     )
     .map_err(|e| {
         tracing::error!(error = %e, "creating the encoder failed");
         Status::generic(VPU_SC_INTERNAL_ERROR)
-    })
+    })?;
+    route_log(&mut encoder);
+    Ok(encoder)
+}
+
+/// Receives openh264's log messages (instead of its default, stderr).
+unsafe extern "C" fn encoder_log(
+    _ctx: *mut std::ffi::c_void,
+    level: std::ffi::c_int,
+    message: *const std::ffi::c_char,
+) {
+    if message.is_null() {
+        return;
+    }
+    // SAFETY: openh264 passes a NUL-terminated message that lives for the call.
+    let message = unsafe { std::ffi::CStr::from_ptr(message) }.to_string_lossy();
+    tracing::debug!(target: "openh264", level, "{}", message.trim_end());
+}
+
+/// Sends the encoder's log messages to `tracing` (the one at initialisation warns that
+/// rate control is weaker without frame skipping, which the card turns off on purpose).
+fn route_log(encoder: &mut Encoder) {
+    let mut callback: openh264_sys2::WelsTraceCallback = Some(encoder_log);
+    // SAFETY: only the trace callback is set, an option openh264 accepts before
+    // initialisation; the wrapper relies on no logging behaviour.
+    let api = unsafe { encoder.raw_api() };
+    // SAFETY: SetOption copies the function pointer out of `callback`, which lives on
+    // this stack frame for the call; `encoder_log` is valid for the program's lifetime.
+    let rc = unsafe {
+        api.set_option(
+            openh264_sys2::ENCODER_OPTION_TRACE_CALLBACK,
+            (&mut callback as *mut openh264_sys2::WelsTraceCallback).cast(),
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(rc, "routing openh264's log failed; it logs to stderr");
+    }
 }
 
 impl Session {
@@ -304,6 +170,7 @@ impl Session {
             codec: Mutex::new(Codec {
                 encoder,
                 started: false,
+                peak_set: false,
                 bitrate: params.bitrate,
                 fps,
                 idr_next: false,
@@ -341,17 +208,28 @@ impl Session {
             codec.bitrate = bitrate;
             codec.fps = fps;
         }
+        if codec.started && !codec.peak_set {
+            if let Some(peak) = self.params.max_bitrate {
+                set_option_int(
+                    &mut codec.encoder,
+                    openh264_sys2::ENCODER_OPTION_MAX_BITRATE,
+                    peak,
+                )?;
+            }
+            codec.peak_set = true;
+        }
         Ok(p.force_idr)
     }
 
     /// Encodes one frame from `input` into `output`. On OUTPUT_TOO_SMALL nothing is
     /// written and the next frame is coded as an IDR, so a retry keeps the stream
-    /// decodable.
-    pub fn encode(
+    /// decodable. The bitstream is written only while `may_write` grants it.
+    pub fn encode<G>(
         &self,
         input: &Spans,
         output: &HostSpan,
         force_idr: bool,
+        may_write: impl FnOnce() -> Option<G>,
     ) -> Result<Encoded, Status> {
         let mut guard = lock(&self.codec);
         let forced = self.apply_pending(&mut guard)?;
@@ -470,6 +348,12 @@ impl Session {
             *idr_next = true;
             return Err(Status::vendor(VPU_SC_OUTPUT_TOO_SMALL));
         }
+        // The device may still write host memory (no reset, removal or BME clear since the
+        // command was fetched); held while writing so a reset cannot interleave.
+        let Some(_permit) = may_write() else {
+            *idr_next = true;
+            return Err(dma);
+        };
         let mut pos = output.offset;
         for l in 0..bitstream.num_layers() {
             if let Some(layer) = bitstream.layer(l) {
@@ -500,18 +384,7 @@ fn set_rate(encoder: &mut Encoder, bitrate: Option<u32>, fps: Option<f32>) -> Re
     let api = unsafe { encoder.raw_api() };
     let mut rc = 0;
     if let Some(bitrate) = bitrate {
-        let mut info = openh264_sys2::SBitrateInfo {
-            iLayer: openh264_sys2::SPATIAL_LAYER_ALL,
-            iBitrate: i32::try_from(bitrate).map_err(|_| Status::vendor(VPU_SC_INVALID_PARAMS))?,
-        };
-        // SAFETY: the encoder is initialised (it has encoded a frame); SetOption copies
-        // the option structure, which lives on this stack frame for the call.
-        rc |= unsafe {
-            api.set_option(
-                openh264_sys2::ENCODER_OPTION_BITRATE,
-                (&mut info as *mut openh264_sys2::SBitrateInfo).cast(),
-            )
-        };
+        rc |= set_bitrate_option(api, openh264_sys2::ENCODER_OPTION_BITRATE, bitrate)?;
     }
     if let Some(mut rate) = fps {
         // SAFETY: as above, with a float frame rate.
@@ -524,6 +397,42 @@ fn set_rate(encoder: &mut Encoder, bitrate: Option<u32>, fps: Option<f32>) -> Re
     }
     if rc != 0 {
         tracing::error!(?bitrate, ?fps, rc, "changing the encoder's rate failed");
+        return Err(Status::vendor(VPU_SC_ENGINE_FAULT));
+    }
+    Ok(())
+}
+
+/// Sets a bitrate option (target or peak) of an initialised encoder; the C return code.
+fn set_bitrate_option(
+    api: &mut openh264::encoder::EncoderRawAPI,
+    option: openh264_sys2::ENCODER_OPTION,
+    bitrate: u32,
+) -> Result<i32, Status> {
+    let mut info = openh264_sys2::SBitrateInfo {
+        iLayer: openh264_sys2::SPATIAL_LAYER_ALL,
+        iBitrate: i32::try_from(bitrate).map_err(|_| Status::vendor(VPU_SC_INVALID_PARAMS))?,
+    };
+    // SAFETY: the encoder is initialised (it has encoded a frame); SetOption copies the
+    // option structure, which lives on this stack frame for the call.
+    Ok(unsafe {
+        api.set_option(
+            option,
+            (&mut info as *mut openh264_sys2::SBitrateInfo).cast(),
+        )
+    })
+}
+
+/// Sets the VBR peak bitrate of an initialised encoder.
+fn set_option_int(
+    encoder: &mut Encoder,
+    option: openh264_sys2::ENCODER_OPTION,
+    bitrate: u32,
+) -> Result<(), Status> {
+    // SAFETY: only used to set a rate option, which the encoder accepts at any time after
+    // initialisation; no parameter the wrapper relies on is touched.
+    let api = unsafe { encoder.raw_api() };
+    if set_bitrate_option(api, option, bitrate)? != 0 {
+        tracing::error!(bitrate, "setting the encoder's peak bitrate failed");
         return Err(Status::vendor(VPU_SC_ENGINE_FAULT));
     }
     Ok(())

@@ -1,25 +1,14 @@
-//! The controller: bring-up, admin and I/O commands with timeouts, shutdown and reset.
+//! The controller: options, commands with timeouts and Abort, Identify and NVM I/O.
+//! Bring-up, shutdown and reset are in `lifecycle`, interrupt vectors in `vectors`.
 
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
-use tokio::sync::oneshot::error::TryRecvError;
-use tokio::task::JoinHandle;
-use vmm_sys_util::eventfd::EventFd;
 use vpu_ffi::{
     vpu_identify_controller, vpu_identify_namespace, VPU_ABORT_CID_SHIFT, VPU_ABORT_NOT_ABORTED,
-    VPU_ADMIN_ABORT, VPU_ADMIN_CREATE_CQ, VPU_ADMIN_CREATE_SQ, VPU_ADMIN_DELETE_CQ,
-    VPU_ADMIN_DELETE_SQ, VPU_ADMIN_IDENTIFY, VPU_ADMIN_SET_FEATURES, VPU_AQA_ACQS_SHIFT, VPU_CC_EN,
-    VPU_CC_SHN_MASK, VPU_CC_SHN_NORMAL, VPU_CC_SHN_SHIFT, VPU_CQ_IEN, VPU_CQ_IV_SHIFT,
-    VPU_CSTS_CFS, VPU_CSTS_RDY, VPU_CSTS_SHST_COMPLETE, VPU_CSTS_SHST_MASK, VPU_CSTS_SHST_SHIFT,
-    VPU_FEATURE_NUMBER_OF_QUEUES, VPU_IDENTIFY_CNS_CONTROLLER, VPU_IDENTIFY_CNS_NAMESPACE,
-    VPU_IDENTIFY_SIZE, VPU_NUM_QUEUES_NCQR_SHIFT, VPU_NVM_READ, VPU_NVM_WRITE, VPU_QUEUE_PC,
-    VPU_QUEUE_QSIZE_SHIFT, VPU_REG_ACQ, VPU_REG_AQA, VPU_REG_ASQ, VPU_REG_CAP, VPU_REG_CC,
-    VPU_REG_CSTS, VPU_SQ_CQID_SHIFT,
+    VPU_ADMIN_ABORT, VPU_ADMIN_IDENTIFY, VPU_IDENTIFY_CNS_CONTROLLER, VPU_IDENTIFY_CNS_NAMESPACE,
+    VPU_IDENTIFY_SIZE, VPU_NVM_READ, VPU_NVM_WRITE, VPU_REG_CAP,
 };
 
 use crate::io::{DeviceIo, DeviceIoExt, DmaBuffer, IoError};
@@ -29,14 +18,9 @@ use super::error::NvmeError;
 use super::metrics::NvmeMetrics;
 use super::prp::PrpPagePool;
 use super::queue::{QueuePair, Waiter};
-use super::registers::{
-    cc_enable, Capabilities, PCI_COMMAND, PCI_COMMAND_BUS_MASTER, PCI_COMMAND_MEMORY,
-};
+use super::registers::Capabilities;
 
-/// Entries of the admin queues.
-const ADMIN_QUEUE_DEPTH: u16 = 32;
-/// How often CSTS is read while waiting for the controller.
-const STATUS_POLL: Duration = Duration::from_millis(1);
+use super::lifecycle::Active;
 
 /// How to bring a controller up.
 #[derive(Debug, Clone)]
@@ -62,113 +46,19 @@ impl Default for ControllerOptions {
     }
 }
 
-/// The queues of one enabled period of the controller, and the tasks that read their
-/// completions. Dropping it stops the tasks.
-#[derive(Debug)]
-struct Active {
-    admin: Arc<QueuePair>,
-    io: Vec<Arc<QueuePair>>,
-    tasks: Vec<JoinHandle<()>>,
-    polling: bool,
-}
-
-impl Active {
-    fn queues(&self) -> impl Iterator<Item = &Arc<QueuePair>> {
-        std::iter::once(&self.admin).chain(self.io.iter())
-    }
-
-    fn kill(&self, release: bool) {
-        for task in &self.tasks {
-            task.abort();
-        }
-        for q in self.queues() {
-            q.kill(release);
-        }
-    }
-}
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-/// An eventfd registered with the runtime.
-struct Vector(Arc<EventFd>);
-
-impl AsRawFd for Vector {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-}
-
-fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
-    // SAFETY: F_GETFL on a descriptor this process owns (the eventfd is alive in `Vector`).
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: F_SETFL with the flags just read plus O_NONBLOCK, on the same descriptor.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Reads completions of `queues` whenever `vector` fires.
-fn spawn_vector_task(
-    device: &str,
-    vector: Arc<EventFd>,
-    queues: Vec<Arc<QueuePair>>,
-) -> Result<JoinHandle<()>, NvmeError> {
-    let irq_err = |source: std::io::Error| NvmeError::Interrupts {
-        device: device.to_string(),
-        source: IoError::Interrupts {
-            requested: 1,
-            supported: 1,
-            source: Some(source),
-        },
-    };
-    set_nonblocking(vector.as_raw_fd()).map_err(irq_err)?;
-    // SAFETY: `Vector` owns an `Arc<EventFd>`, so the descriptor stays open and the same
-    // for as long as the `AsyncFd` holds it, and `as_raw_fd` always returns it.
-    let fd = unsafe { AsyncFd::register_with_interest(Vector(vector), Interest::READABLE) }
-        .map_err(|e| irq_err(e.into()))?;
-    let device = device.to_string();
-    Ok(tokio::spawn(async move {
-        loop {
-            let mut guard = match fd.readable().await {
-                Ok(g) => g,
-                Err(e) => {
-                    tracing::error!(device = %device, error = %e, "interrupt eventfd failed");
-                    return;
-                }
-            };
-            if guard.try_io(|v| v.get_ref().0.read()).is_err() {
-                continue; // spurious wake-up: readiness cleared, wait again
-            }
-            for q in &queues {
-                q.process_completions();
-            }
-        }
-    }))
-}
-
 /// An NVMe controller over any `DeviceIo`: admin queue, I/O queue pairs, commands.
 #[derive(Debug)]
 pub struct Controller {
-    io: Arc<dyn DeviceIo>,
-    device: String,
-    opts: ControllerOptions,
-    caps: Capabilities,
-    active: RwLock<Option<Arc<Active>>>,
-    fatal: AtomicBool,
-    metrics: Arc<NvmeMetrics>,
-    pool: Arc<PrpPagePool>,
+    pub(super) io: Arc<dyn DeviceIo>,
+    pub(super) device: String,
+    pub(super) opts: ControllerOptions,
+    pub(super) caps: Capabilities,
+    pub(super) active: RwLock<Option<Arc<Active>>>,
+    pub(super) fatal: AtomicBool,
+    pub(super) metrics: Arc<NvmeMetrics>,
+    pub(super) pool: Arc<PrpPagePool>,
     /// Serialises bring-up, reset and shutdown.
-    lifecycle: tokio::sync::Mutex<()>,
+    pub(super) lifecycle: tokio::sync::Mutex<()>,
 }
 
 impl Controller {
@@ -256,33 +146,33 @@ impl Controller {
         self.opts.polling
     }
 
-    fn short_identify(&self) -> NvmeError {
+    pub(super) fn short_identify(&self) -> NvmeError {
         NvmeError::Unsupported {
             device: self.device.clone(),
             reason: "identify data shorter than its structure".into(),
         }
     }
 
-    fn reg_err(&self, source: IoError) -> NvmeError {
+    pub(super) fn reg_err(&self, source: IoError) -> NvmeError {
         NvmeError::Register {
             device: self.device.clone(),
             source,
         }
     }
 
-    fn read32(&self, reg: u32) -> Result<u32, NvmeError> {
+    pub(super) fn read32(&self, reg: u32) -> Result<u32, NvmeError> {
         self.io
             .read32(0, u64::from(reg))
             .map_err(|e| self.reg_err(e))
     }
 
-    fn write32(&self, reg: u32, value: u32) -> Result<(), NvmeError> {
+    pub(super) fn write32(&self, reg: u32, value: u32) -> Result<(), NvmeError> {
         self.io
             .write32(0, u64::from(reg), value)
             .map_err(|e| self.reg_err(e))
     }
 
-    fn active(&self) -> Result<Arc<Active>, NvmeError> {
+    pub(super) fn active(&self) -> Result<Arc<Active>, NvmeError> {
         self.active
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -292,228 +182,7 @@ impl Controller {
             })
     }
 
-    fn set_bus_master(&self) -> Result<(), NvmeError> {
-        let mut cmd = [0u8; 2];
-        let err = |source| NvmeError::BusMaster {
-            device: self.device.clone(),
-            source,
-        };
-        self.io.config_read(PCI_COMMAND, &mut cmd).map_err(err)?;
-        let value = u16::from_le_bytes(cmd) | PCI_COMMAND_MEMORY | PCI_COMMAND_BUS_MASTER;
-        self.io
-            .config_write(PCI_COMMAND, &value.to_le_bytes())
-            .map_err(err)
-    }
-
-    /// Waits until CSTS.RDY equals `ready`, within CAP.TO.
-    async fn wait_ready(&self, ready: bool) -> Result<(), NvmeError> {
-        let deadline = Instant::now() + self.caps.ready_timeout;
-        loop {
-            let csts = self.read32(VPU_REG_CSTS)?;
-            if csts == u32::MAX {
-                return Err(NvmeError::Removed {
-                    device: self.device.clone(),
-                });
-            }
-            if ready && csts & VPU_CSTS_CFS != 0 {
-                self.fatal.store(true, Ordering::Relaxed);
-                return Err(NvmeError::Fatal {
-                    device: self.device.clone(),
-                });
-            }
-            if (csts & VPU_CSTS_RDY != 0) == ready {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(NvmeError::ReadyTimeout {
-                    device: self.device.clone(),
-                    ready,
-                    timeout: self.caps.ready_timeout,
-                });
-            }
-            tokio::time::sleep(STATUS_POLL).await;
-        }
-    }
-
-    /// CC.EN = 0 and wait for CSTS.RDY = 0: afterwards the device touches no queue.
-    async fn disable(&self) -> Result<(), NvmeError> {
-        let cc = self.read32(VPU_REG_CC)?;
-        if cc == u32::MAX {
-            return Err(NvmeError::Removed {
-                device: self.device.clone(),
-            });
-        }
-        if cc & VPU_CC_EN != 0 {
-            self.write32(VPU_REG_CC, cc & !VPU_CC_EN)?;
-        }
-        self.wait_ready(false).await
-    }
-
-    /// Reads CSTS; records and reports a fatal controller status or a removed device.
-    fn check_status(&self) -> Option<NvmeError> {
-        match self.read32(VPU_REG_CSTS) {
-            Ok(u32::MAX) => {
-                self.fatal.store(true, Ordering::Relaxed);
-                Some(NvmeError::Removed {
-                    device: self.device.clone(),
-                })
-            }
-            Ok(csts) if csts & VPU_CSTS_CFS != 0 => {
-                self.fatal.store(true, Ordering::Relaxed);
-                Some(NvmeError::Fatal {
-                    device: self.device.clone(),
-                })
-            }
-            Ok(_) => None,
-            Err(e) => Some(e),
-        }
-    }
-
-    /// Bring-up proper; the caller holds `lifecycle`.
-    async fn bring_up(&self) -> Result<(), NvmeError> {
-        self.set_bus_master()?;
-        self.disable().await?;
-        let dstrd = self.caps.doorbell_stride;
-        let admin_depth = ADMIN_QUEUE_DEPTH.min(self.caps.max_queue_entries.min(4096) as u16);
-        let admin = Arc::new(QueuePair::new(
-            &self.io,
-            0,
-            admin_depth,
-            dstrd,
-            Arc::clone(&self.metrics),
-            Arc::clone(&self.pool),
-        )?);
-        let mut active = Active {
-            admin: Arc::clone(&admin),
-            io: Vec::new(),
-            tasks: Vec::new(),
-            polling: self.opts.polling,
-        };
-        match self.bring_up_queues(&mut active).await {
-            Ok(()) => {
-                self.fatal.store(false, Ordering::Relaxed);
-                *self.active.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(active));
-                tracing::info!(device = %self.device, io_queues = self.io_queue_count(),
-                    polling = self.opts.polling, "controller enabled");
-                Ok(())
-            }
-            Err(e) => {
-                let released = self.disable().await.is_ok();
-                active.kill(released);
-                Err(e)
-            }
-        }
-    }
-
-    async fn bring_up_queues(&self, active: &mut Active) -> Result<(), NvmeError> {
-        let admin = Arc::clone(&active.admin);
-        let depth0 = u32::from(admin.depth) - 1;
-        self.write32(VPU_REG_AQA, depth0 | (depth0 << VPU_AQA_ACQS_SHIFT))?;
-        self.io
-            .write64(0, u64::from(VPU_REG_ASQ), admin.sq_iova())
-            .map_err(|e| self.reg_err(e))?;
-        self.io
-            .write64(0, u64::from(VPU_REG_ACQ), admin.cq_iova())
-            .map_err(|e| self.reg_err(e))?;
-
-        let wanted = u32::from(self.opts.io_queues.max(1));
-        let vectors = if active.polling {
-            Vec::new()
-        } else {
-            let count = (1 + wanted).min(self.io.max_interrupts());
-            if count == 0 {
-                return Err(NvmeError::Unsupported {
-                    device: self.device.clone(),
-                    reason: "no interrupt vectors; use polling".into(),
-                });
-            }
-            self.io
-                .enable_interrupts(count)
-                .map_err(|source| NvmeError::Interrupts {
-                    device: self.device.clone(),
-                    source,
-                })?
-        };
-
-        self.write32(VPU_REG_CC, cc_enable())?;
-        self.wait_ready(true).await?;
-        if let Some(v0) = vectors.first() {
-            let task = spawn_vector_task(&self.device, Arc::clone(v0), vec![Arc::clone(&admin)])?;
-            active.tasks.push(task);
-        }
-        let timeout = self.opts.admin_timeout;
-
-        let identify = self
-            .identify_on(&admin, active.polling, VPU_IDENTIFY_CNS_CONTROLLER, 0)
-            .await?;
-        tracing::debug!(device = %self.device, bytes = identify.len(), "identified controller");
-
-        let n0 = wanted - 1;
-        let features = Command::new(VPU_ADMIN_SET_FEATURES)
-            .cdw10(VPU_FEATURE_NUMBER_OF_QUEUES)
-            .cdw11(n0 | (n0 << VPU_NUM_QUEUES_NCQR_SHIFT));
-        let c = self
-            .execute(&admin, active.polling, features, timeout)
-            .await?;
-        let c = self.check(
-            c,
-            0,
-            VPU_ADMIN_SET_FEATURES,
-            "set features (number of queues)",
-        )?;
-        let granted_sq = (c.dw0 & 0xffff) + 1;
-        let granted_cq = (c.dw0 >> VPU_NUM_QUEUES_NCQR_SHIFT) + 1;
-        let count = wanted.min(granted_sq).min(granted_cq);
-
-        let depth = self.opts.queue_depth.clamp(
-            2,
-            self.caps.max_queue_entries.min(u32::from(u16::MAX)) as u16,
-        );
-        let mut per_vector: Vec<Vec<Arc<QueuePair>>> = vec![Vec::new(); vectors.len()];
-        for qid in 1..=count as u16 {
-            let q = Arc::new(QueuePair::new(
-                &self.io,
-                qid,
-                depth,
-                self.caps.doorbell_stride,
-                Arc::clone(&self.metrics),
-                Arc::clone(&self.pool),
-            )?);
-            let size = u32::from(depth - 1) << VPU_QUEUE_QSIZE_SHIFT;
-            let mut cq_flags = VPU_QUEUE_PC;
-            if !vectors.is_empty() {
-                let vector = u32::from(qid) % vectors.len() as u32;
-                cq_flags |= VPU_CQ_IEN | (vector << VPU_CQ_IV_SHIFT);
-                per_vector[vector as usize].push(Arc::clone(&q));
-            }
-            let create_cq = Command::new(VPU_ADMIN_CREATE_CQ)
-                .cdw10(u32::from(qid) | size)
-                .cdw11(cq_flags)
-                .raw_data_pointer(q.cq_iova(), 0);
-            let c = self
-                .execute(&admin, active.polling, create_cq, timeout)
-                .await?;
-            self.check(c, 0, VPU_ADMIN_CREATE_CQ, "create I/O completion queue")?;
-            let create_sq = Command::new(VPU_ADMIN_CREATE_SQ)
-                .cdw10(u32::from(qid) | size)
-                .cdw11(VPU_QUEUE_PC | (u32::from(qid) << VPU_SQ_CQID_SHIFT))
-                .raw_data_pointer(q.sq_iova(), 0);
-            let c = self
-                .execute(&admin, active.polling, create_sq, timeout)
-                .await?;
-            self.check(c, 0, VPU_ADMIN_CREATE_SQ, "create I/O submission queue")?;
-            active.io.push(q);
-        }
-        for (vector, queues) in vectors.iter().zip(per_vector) {
-            if !queues.is_empty() {
-                let task = spawn_vector_task(&self.device, Arc::clone(vector), queues)?;
-                active.tasks.push(task);
-            }
-        }
-        Ok(())
-    }
-
-    fn check(
+    pub(super) fn check(
         &self,
         c: Completion,
         queue: u16,
@@ -534,7 +203,7 @@ impl Controller {
     }
 
     /// Submits `cmd` on `q` and waits for its completion at most `timeout`.
-    async fn execute(
+    pub(super) async fn execute(
         &self,
         q: &Arc<QueuePair>,
         polling: bool,
@@ -547,18 +216,12 @@ impl Controller {
             queue: q.qid,
         };
         let wait = async {
-            if polling {
-                loop {
-                    q.process_completions();
-                    match rx.try_recv() {
-                        Ok(r) => return r,
-                        Err(TryRecvError::Empty) => tokio::task::yield_now().await,
-                        Err(TryRecvError::Closed) => return Err(reset()),
-                    }
-                }
+            let result = if polling {
+                q.poll_for(&mut rx).await
             } else {
-                (&mut rx).await.unwrap_or_else(|_| Err(reset()))
-            }
+                (&mut rx).await.ok()
+            };
+            result.unwrap_or_else(|| Err(reset()))
         };
         match tokio::time::timeout(timeout, wait).await {
             Ok(result) => result,
@@ -568,7 +231,7 @@ impl Controller {
 
     /// A command's timeout passed: look once more (a lost interrupt), check the
     /// controller's status, abort the command and report the timeout.
-    async fn timed_out(
+    pub(super) async fn timed_out(
         &self,
         q: &Arc<QueuePair>,
         polling: bool,
@@ -609,7 +272,7 @@ impl Controller {
     }
 
     /// Sends Admin Abort for `cid` on `sqid`; the outcome is logged, not returned.
-    async fn abort(&self, sqid: u16, cid: u16) {
+    pub(super) async fn abort(&self, sqid: u16, cid: u16) {
         NvmeMetrics::inc(&self.metrics.aborts);
         let cmd = Command::new(VPU_ADMIN_ABORT)
             .cdw10(u32::from(sqid) | (u32::from(cid) << VPU_ABORT_CID_SHIFT));
@@ -645,7 +308,7 @@ impl Controller {
         self.execute(q, active.polling, cmd, timeout).await
     }
 
-    async fn identify_on(
+    pub(super) async fn identify_on(
         &self,
         admin: &Arc<QueuePair>,
         polling: bool,
@@ -674,7 +337,7 @@ impl Controller {
         Ok(bytes)
     }
 
-    async fn identify(&self, cns: u32, nsid: u32) -> Result<Vec<u8>, NvmeError> {
+    pub(super) async fn identify(&self, cns: u32, nsid: u32) -> Result<Vec<u8>, NvmeError> {
         let active = self.active()?;
         self.identify_on(&active.admin, active.polling, cns, nsid)
             .await
@@ -756,7 +419,7 @@ impl Controller {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn nvm_rw(
+    pub(super) async fn nvm_rw(
         &self,
         opcode: u32,
         what: &'static str,
@@ -777,132 +440,5 @@ impl Controller {
             .data(buffer, offset, len);
         let c = self.io(queue, cmd, timeout).await?;
         self.check(c, queue as u16 + 1, opcode, what).map(|_| ())
-    }
-
-    /// Normal shutdown: deletes the I/O queues, sets CC.SHN and waits for CSTS.SHST,
-    /// then disables the controller. Commands still in flight fail with `Reset`.
-    pub async fn shutdown(&self) -> Result<(), NvmeError> {
-        let _guard = self.lifecycle.lock().await;
-        let Some(active) = self
-            .active
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
-            return Ok(());
-        };
-        let timeout = self.opts.admin_timeout;
-        for q in active.io.iter().rev() {
-            for (opcode, what) in [
-                (VPU_ADMIN_DELETE_SQ, "delete I/O submission queue"),
-                (VPU_ADMIN_DELETE_CQ, "delete I/O completion queue"),
-            ] {
-                let cmd = Command::new(opcode).cdw10(u32::from(q.qid));
-                match self
-                    .execute(&active.admin, active.polling, cmd, timeout)
-                    .await
-                {
-                    Ok(c) if c.status.is_success() => {}
-                    Ok(c) => {
-                        tracing::warn!(device = %self.device, queue = q.qid, status = %c.status, what, "failed")
-                    }
-                    Err(e) => {
-                        tracing::warn!(device = %self.device, queue = q.qid, error = %e, what, "failed")
-                    }
-                }
-            }
-        }
-        let result = self.shutdown_notify().await;
-        let released = self.disable().await.is_ok();
-        active.kill(released);
-        tracing::info!(device = %self.device, ok = result.is_ok(), "controller shut down");
-        result
-    }
-
-    async fn shutdown_notify(&self) -> Result<(), NvmeError> {
-        let cc = self.read32(VPU_REG_CC)?;
-        let cc =
-            (cc & !(VPU_CC_SHN_MASK << VPU_CC_SHN_SHIFT)) | (VPU_CC_SHN_NORMAL << VPU_CC_SHN_SHIFT);
-        self.write32(VPU_REG_CC, cc)?;
-        let deadline = Instant::now() + self.caps.ready_timeout;
-        loop {
-            let csts = self.read32(VPU_REG_CSTS)?;
-            if csts == u32::MAX {
-                return Err(NvmeError::Removed {
-                    device: self.device.clone(),
-                });
-            }
-            if (csts >> VPU_CSTS_SHST_SHIFT) & VPU_CSTS_SHST_MASK == VPU_CSTS_SHST_COMPLETE {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(NvmeError::ShutdownTimeout {
-                    device: self.device.clone(),
-                    timeout: self.caps.ready_timeout,
-                });
-            }
-            tokio::time::sleep(STATUS_POLL).await;
-        }
-    }
-
-    /// Resets the controller (CC.EN 1→0, or a function-level reset when that fails) and
-    /// brings it up again. Commands in flight fail with `Reset`; their memory is released
-    /// only once the device can no longer reach it.
-    pub async fn reset(&self) -> Result<(), NvmeError> {
-        let _guard = self.lifecycle.lock().await;
-        NvmeMetrics::inc(&self.metrics.resets);
-        let old = self
-            .active
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        let disabled = match self.disable().await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                tracing::warn!(device = %self.device, error = %e,
-                    "controller did not disable; trying a function-level reset");
-                self.io.reset().map_err(|e| self.reg_err(e))
-            }
-        };
-        if let Some(old) = old {
-            old.kill(disabled.is_ok());
-        }
-        disabled?;
-        self.bring_up().await
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let Some(active) = self
-            .active
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
-            return;
-        };
-        // Disable synchronously so the queue memory can be released safely.
-        let mut released = false;
-        if let Ok(cc) = self.read32(VPU_REG_CC) {
-            if cc != u32::MAX && self.write32(VPU_REG_CC, cc & !VPU_CC_EN).is_ok() {
-                let deadline = Instant::now() + self.caps.ready_timeout;
-                while Instant::now() < deadline {
-                    match self.read32(VPU_REG_CSTS) {
-                        Ok(csts) if csts != u32::MAX && csts & VPU_CSTS_RDY == 0 => {
-                            released = true;
-                            break;
-                        }
-                        Ok(_) => std::thread::sleep(STATUS_POLL),
-                        Err(_) => break,
-                    }
-                }
-            }
-        }
-        if !released {
-            tracing::warn!(device = %self.device,
-                "controller did not disable on drop; leaking its queue memory");
-        }
-        active.kill(released);
     }
 }

@@ -7,17 +7,20 @@
 //! anybody, and the memory a command names stays mapped until the device completes it or
 //! the controller is reset.
 //!
-//! - [`command`]: submission entries ([`Command`]), completions and typed status;
-//! - [`prp`]: PRP1/PRP2 and PRP list construction;
-//! - [`queue`]: one submission/completion queue pair, command ids, completion validation;
-//! - [`controller`]: bring-up, admin and I/O commands, timeouts, shutdown and reset;
-//! - [`metrics`]: counters tests and the daemon read.
+//! - `command`: submission entries ([`Command`]), completions and typed status;
+//! - `prp`: PRP1/PRP2 and PRP list construction;
+//! - `queue`: one submission/completion queue pair, command ids, completion validation;
+//! - `controller`: admin and I/O commands, timeouts with Abort, Identify, NVM I/O;
+//! - `lifecycle`: bring-up, shutdown, reset;
+//! - `vectors`: interrupt eventfds read by tokio tasks;
+//! - `metrics`: counters tests and the daemon read.
 
 mod command;
 mod controller;
 mod error;
 #[doc(hidden)]
 pub mod hostile;
+mod lifecycle;
 mod metrics;
 mod prp;
 mod queue;
@@ -25,6 +28,7 @@ mod queue;
 #[allow(clippy::unwrap_used)]
 mod queue_tests;
 mod registers;
+mod vectors;
 
 pub(crate) use command::read_struct;
 pub use command::{Command, Completion, Status, VendorStatus};

@@ -8,9 +8,11 @@
 //! never unmapped or reused, whatever happened to the caller.
 
 use std::mem::offset_of;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::oneshot::error::TryRecvError;
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 use vpu_ffi::{vpu_cqe, VPU_CQE_PHASE, VPU_CQE_SIZE, VPU_SQE_SIZE};
 
 use crate::io::{DeviceIo, DeviceIoExt, DmaBuffer};
@@ -22,7 +24,7 @@ use super::prp::{self, PrpPagePool, Prps};
 
 /// What a submitter waits on.
 pub(crate) type Waiter = oneshot::Receiver<Result<Completion, NvmeError>>;
-type Notify = oneshot::Sender<Result<Completion, NvmeError>>;
+type Notifier = oneshot::Sender<Result<Completion, NvmeError>>;
 
 /// A command the device has not completed yet.
 #[derive(Debug)]
@@ -30,7 +32,7 @@ struct InFlight {
     cid: u16,
     opcode: u8,
     /// Gone once the submitter stopped waiting (timeout, protocol error, cancellation).
-    waiter: Option<Notify>,
+    waiter: Option<Notifier>,
     /// Data buffer and PRP list pages: mapped until this entry is dropped.
     _prps: Prps,
     _metadata: Option<DmaBuffer>,
@@ -88,6 +90,20 @@ pub(crate) struct QueuePair {
     cq_state: Mutex<CqState>,
     metrics: Arc<NvmeMetrics>,
     pool: Arc<PrpPagePool>,
+    /// Polling mode: set while one submitter polls the CQ for everybody.
+    poller: AtomicBool,
+    /// Polling mode: wakes a waiter to take over when the poller leaves.
+    poller_left: Notify,
+}
+
+/// The polling role; released (and handed on) on drop, cancellation included.
+struct PollerRole<'a>(&'a QueuePair);
+
+impl Drop for PollerRole<'_> {
+    fn drop(&mut self) {
+        self.0.poller.store(false, Ordering::Release);
+        self.0.poller_left.notify_one();
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -155,7 +171,36 @@ impl QueuePair {
             }),
             metrics,
             pool,
+            poller: AtomicBool::new(false),
+            poller_left: Notify::new(),
         })
+    }
+
+    /// Polling mode: waits for a completion without interrupts. One waiter at a time
+    /// polls the completion queue (and wakes the others' commands as it finds them); the
+    /// rest sleep until their completion arrives or the poller leaves.
+    pub async fn poll_for(&self, rx: &mut Waiter) -> Option<Result<Completion, NvmeError>> {
+        loop {
+            if self
+                .poller
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                let _role = PollerRole(self);
+                loop {
+                    self.process_completions();
+                    match rx.try_recv() {
+                        Ok(r) => return Some(r),
+                        Err(TryRecvError::Closed) => return None,
+                        Err(TryRecvError::Empty) => tokio::task::yield_now().await,
+                    }
+                }
+            }
+            tokio::select! {
+                r = &mut *rx => return r.ok(),
+                _ = self.poller_left.notified() => {}
+            }
+        }
     }
 
     pub fn sq_iova(&self) -> u64 {
@@ -293,7 +338,7 @@ impl QueuePair {
     }
 
     /// Validates one completion entry against the commands in flight.
-    fn complete(&self, cqe: &RawCqe) -> Option<(Notify, Result<Completion, NvmeError>)> {
+    fn complete(&self, cqe: &RawCqe) -> Option<(Notifier, Result<Completion, NvmeError>)> {
         let mut sq = lock(&self.sq_state);
         let index = usize::from(cqe.cid & self.slot_mask);
         let known = sq

@@ -222,3 +222,106 @@ async fn a_hostile_device_cannot_make_the_reader_loop_forever() {
     // After the wrap the phase flips: the same entries are stale now.
     assert_eq!(q.process_completions(), 0);
 }
+
+/// A model of what the queue must do with any completion entry, driven by random
+/// entries: nothing is ever completed or woken unless an entry names it exactly and
+/// consistently, and every rejected entry is counted.
+#[tokio::test]
+async fn random_completion_entries_match_the_model() {
+    use std::collections::HashMap;
+    use tokio::sync::oneshot::error::TryRecvError;
+
+    const QID: u16 = 3;
+    const DEPTH: u16 = 16;
+    let (q, metrics, _) = pair(DEPTH);
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    // cid -> (waiter, whether its submitter was already told)
+    let mut model: HashMap<u16, (super::queue::Waiter, bool)> = HashMap::new();
+    let (mut slot, mut phase) = (0u16, true);
+    let mut rejected = 0u64;
+    for _ in 0..5000 {
+        while model.len() < usize::from(DEPTH) - 1 && rand() % 2 == 0 {
+            let (cid, rx) = q.submit(&Command::new(0x82)).await.unwrap();
+            assert!(
+                model.insert(cid, (rx, false)).is_none(),
+                "cid {cid:#x} reused in flight"
+            );
+        }
+        let cids: Vec<u16> = model.keys().copied().collect();
+        let r = rand();
+        let cid = match (r % 4, cids.is_empty()) {
+            (0 | 1, false) => cids[(r >> 8) as usize % cids.len()],
+            (2, false) => cids[(r >> 8) as usize % cids.len()] ^ (1 << (4 + (r >> 20) % 12)),
+            _ => (r >> 24) as u16,
+        };
+        let sq_id = if (r >> 40) % 4 == 0 {
+            (r >> 44) as u16
+        } else {
+            QID
+        };
+        let sq_head = if (r >> 48) % 4 == 0 {
+            (r >> 52) as u16
+        } else {
+            (r >> 52) as u16 % DEPTH
+        };
+        q.device_post(slot, &cqe(cid, sq_id, sq_head, 0, phase, 0));
+        slot += 1;
+        if slot == DEPTH {
+            slot = 0;
+            phase = !phase;
+        }
+        assert_eq!(q.process_completions(), 1);
+
+        let consistent = sq_id == QID && sq_head < DEPTH;
+        match model.get_mut(&cid) {
+            None => rejected += 1,
+            Some((_, told)) if !consistent => {
+                rejected += 1;
+                *told = true;
+            }
+            Some(_) => {}
+        }
+        // Check every submitter against the model.
+        let mut done = Vec::new();
+        for (&c, (rx, told)) in model.iter_mut() {
+            let got = rx.try_recv();
+            if c == cid && consistent {
+                if !*told {
+                    assert!(got.unwrap().is_ok(), "cid {c:#x} not completed");
+                }
+                done.push(c);
+            } else if c == cid && !consistent && got.is_ok() {
+                assert!(matches!(
+                    got.unwrap(),
+                    Err(NvmeError::DeviceProtocol { .. })
+                ));
+            } else if *told {
+                // Told earlier of a bad entry: nothing more arrives.
+                assert!(matches!(
+                    got,
+                    Err(TryRecvError::Empty) | Err(TryRecvError::Closed)
+                ));
+            } else {
+                assert!(
+                    matches!(got, Err(TryRecvError::Empty)),
+                    "cid {c:#x} woken by an entry for {cid:#x}"
+                );
+            }
+        }
+        for c in done {
+            model.remove(&c);
+        }
+        assert_eq!(q.in_flight(), model.len());
+        assert_eq!(metrics.protocol_errors.load(Ordering::Relaxed), rejected);
+    }
+    assert!(
+        rejected > 1000,
+        "the random entries exercised rejection ({rejected})"
+    );
+}

@@ -210,6 +210,13 @@ fn invalid_doorbells_are_ignored_and_reported() {
     // Admin SQ tail beyond its 16 entries.
     host.io.write32(0, u64::from(VPU_REG_DBS), 200).unwrap();
     assert_eq!(host.card.counters().doorbell_errors, 2);
+    // The error log holds the latest: no command (0xffff), error count 2.
+    let (cqe, log) = host.log(VPU_LOG_ERROR, 0, 64);
+    assert_eq!(status(&cqe), OK);
+    let mut e = [0u8; 16];
+    assert!(log.read(0, &mut e));
+    assert_eq!(u64::from_le_bytes(e[0..8].try_into().unwrap()), 2);
+    assert_eq!(&e[8..12], &[0xff; 4]);
     // The controller keeps working.
     let mut c = cmd(VPU_ADMIN_GET_FEATURES);
     c.cdw10 = VPU_FEATURE_NUMBER_OF_QUEUES;
@@ -247,6 +254,15 @@ fn unmapped_iova_is_a_data_transfer_error() {
         (VPU_SCT_GENERIC, VPU_SC_DATA_TRANSFER_ERROR)
     );
     assert_eq!(host.card.counters().dma_faults, 3);
+    let cid = host.admin.next_cid.wrapping_sub(1);
+    let (cqe, log) = host.log(VPU_LOG_ERROR, 0, 64);
+    assert_eq!(status(&cqe), OK);
+    let mut e = [0u8; 16];
+    assert!(log.read(0, &mut e));
+    assert_eq!(u16::from_le_bytes([e[8], e[9]]), 0, "admin queue");
+    assert_eq!(u16::from_le_bytes([e[10], e[11]]), cid);
+    let sc = (u32::from(u16::from_le_bytes([e[12], e[13]])) >> VPU_CQE_SC_SHIFT) & VPU_CQE_SC_MASK;
+    assert_eq!(sc, VPU_SC_DATA_TRANSFER_ERROR);
     // The next command succeeds.
     let buf = host.io.alloc_dma(4096).unwrap();
     c.prp1 = buf.iova();
@@ -326,5 +342,41 @@ fn prp_lists_chain_across_list_pages() {
     assert_eq!(
         prp::resolve(&table, data_iova, list_iova, 600 * 4096, 4096, Access::Read).err(),
         Some(prp::PrpError::InvalidOffset)
+    );
+}
+
+#[test]
+fn log_pages_honour_numd() {
+    let mut host = Host::new(EmuConfig::default());
+    let buf = host.io.alloc_dma(4096).unwrap();
+    assert!(buf.write(0, &[0xaa; 4096]));
+    // NUMD = 3: 16 bytes of the engine log, nothing more.
+    let mut c = cmd(VPU_ADMIN_GET_LOG_PAGE);
+    c.prp1 = buf.iova();
+    c.cdw10 = VPU_LOG_ENGINE | (3 << VPU_LOG_NUMDL_SHIFT);
+    assert_eq!(status(&host.admin(c)), OK);
+    let mut raw = [0u8; 32];
+    assert!(buf.read(0, &mut raw));
+    assert_eq!(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]), 2);
+    assert_eq!(&raw[4..16], &[0; 12]);
+    assert_eq!(&raw[16..32], &[0xaa; 16]);
+    // Past the end of the page: zero filled.
+    let (cqe, big) = host.log(VPU_LOG_ENGINE, 0, 2048);
+    assert_eq!(status(&cqe), OK);
+    let mut tail = [0xffu8; 64];
+    assert!(big.read(1984, &mut tail));
+    assert_eq!(tail, [0; 64]);
+    // Unknown log pages, unknown sessions, offsets.
+    let (cqe, _) = host.log(0x55, 0, 64);
+    assert_eq!(
+        status(&cqe),
+        (VPU_SCT_COMMAND_SPECIFIC, VPU_SC_INVALID_LOG_PAGE)
+    );
+    let (cqe, _) = host.log(VPU_LOG_SESSION, 42, 64);
+    assert_eq!(status(&cqe), (VPU_SCT_VENDOR, VPU_SC_SESSION_NOT_FOUND));
+    c.cdw12 = 8;
+    assert_eq!(
+        status(&host.admin(c)),
+        (VPU_SCT_GENERIC, VPU_SC_INVALID_FIELD)
     );
 }

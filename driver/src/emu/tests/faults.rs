@@ -180,7 +180,7 @@ fn hang_engine_with_duration_recovers() {
     host.card
         .inject(Fault::HangEngine {
             engine: None,
-            duration: Some(Duration::from_millis(300)),
+            duration: Some(Duration::from_millis(1000)),
         })
         .unwrap();
     q.submit(&host.io, encode_cmd(session, &frame, &out, 1 << 16, 0));
@@ -239,4 +239,35 @@ fn surprise_removal() {
     // DMA buffers can still be released.
     drop(q);
     assert_eq!(host.card.dma_mappings(), 2);
+}
+
+#[test]
+fn reset_drops_queued_work_without_touching_memory() {
+    let mut host = Host::new(EmuConfig::default());
+    let p = params(64, 64, false);
+    let session = host.create_session(&p);
+    let mut q = host.io_queue(1, 8, 1);
+    let frame = Frame::new(&host, &pattern(&p, 0));
+    let out = host.io.alloc_dma(1 << 16).unwrap();
+    assert!(out.write(0, &[0xaa; 256]));
+    host.card
+        .inject(Fault::HangEngine {
+            engine: None,
+            duration: None,
+        })
+        .unwrap();
+    q.submit(&host.io, encode_cmd(session, &frame, &out, 1 << 16, 0));
+    std::thread::sleep(Duration::from_millis(20));
+    host.io.reset().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(q.peek().is_none(), "no completion after reset");
+    let mut head = [0u8; 256];
+    assert!(out.read(0, &mut head));
+    assert_eq!(head, [0xaa; 256], "no DMA after reset");
+    // The hang is cleared with everything else.
+    host.enable();
+    let session = host.create_session(&p);
+    let mut q = host.io_queue(1, 8, 1);
+    q.submit(&host.io, encode_cmd(session, &frame, &out, 1 << 16, 0));
+    assert_eq!(status(&q.wait(&host.io, TIMEOUT).unwrap()), OK);
 }

@@ -5,6 +5,7 @@
 mod commands;
 mod encode;
 mod faults;
+mod robustness;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

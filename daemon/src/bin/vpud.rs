@@ -1,0 +1,69 @@
+//! `vpud`: the VPU card daemon. Finds cards, schedules encode sessions across them and
+//! serves the `org.vpud.Vpud1` D-Bus API until SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::EnvFilter;
+use vpud::config::Config;
+use vpud::service::{self, BusChoice, RunOptions};
+
+/// Share VPU encode cards between media services over D-Bus.
+#[derive(Debug, Parser)]
+#[command(name = "vpud", version)]
+struct Args {
+    /// Configuration file [default: /etc/vpud/vpud.toml; missing means defaults].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Bus to serve on: system, session, private (start a private dbus-daemon), or a
+    /// D-Bus address such as unix:path=/run/vpud/bus.
+    #[arg(long, default_value = "system", value_name = "BUS")]
+    bus: String,
+    /// Add N emulated cards.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    emulate: u32,
+    /// Print the bus address on standard output once serving (useful with --bus private).
+    #[arg(long)]
+    print_address: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("VPUD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let config = Config::load(args.config.as_deref()).context("loading the configuration")?;
+    let bus: BusChoice = args.bus.parse()?;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let opts = RunOptions {
+        bus,
+        emulate: args.emulate,
+        ready: Some(ready_tx),
+        systemd_notify: true,
+    };
+    let print = args.print_address;
+    tokio::spawn(async move {
+        if let Ok(ready) = ready_rx.await {
+            if print {
+                println!("{}", ready.address);
+            }
+        }
+    });
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+    };
+    service::run(config, opts, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! `org.vpud.Vpud1.Manager` at `/org/vpud/Vpud1`: creates sessions, reports the cards,
+//! sessions, policy, capacity and load.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use zbus::message::Header;
+use zbus::names::BusName;
+use zbus::{Connection, OwnedObjectPath, OwnedVariant};
+
+use super::access::caller;
+use super::error::VpudError;
+use super::{counted, params};
+use crate::service::state::{lock, Daemon};
+use crate::session::{self, SessionError};
+
+/// The Manager object.
+#[derive(Debug)]
+pub struct ManagerIface {
+    pub daemon: Arc<Daemon>,
+}
+
+impl From<SessionError> for VpudError {
+    fn from(e: SessionError) -> Self {
+        let msg = e.to_string();
+        match e {
+            SessionError::Place(s) => s.into(),
+            SessionError::UnknownCard { .. } => VpudError::NotFound(msg),
+            SessionError::CardRejected { .. } => VpudError::InvalidArgument(msg),
+            SessionError::CardFailed { .. } => VpudError::CardFailed(msg),
+            SessionError::Channel(_) | SessionError::Bus(_) => VpudError::CardFailed(msg),
+            SessionError::ShuttingDown => VpudError::NoCapacity(msg),
+        }
+    }
+}
+
+#[zbus::interface(name = "org.vpud.Vpud1.Manager", introspection_docs = false)]
+impl ManagerIface {
+    /// Creates an encode session; returns its object and its data channel.
+    #[zbus(out_args("session", "channel"))]
+    async fn create_session(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        params: HashMap<String, OwnedVariant>,
+    ) -> Result<(OwnedObjectPath, zbus::OwnedFd), VpudError> {
+        counted(&self.daemon, async {
+            let owner = caller(&header)?;
+            let req = params::session_request(&params)?;
+            let created = session::create(&self.daemon, &owner, req).await?;
+            // The caller may have left between its call and now; then nobody would ever
+            // close the session.
+            let dbus = zbus::fdo::DBusProxy::new(conn).await?;
+            let present = dbus
+                .name_has_owner(BusName::try_from(owner.as_str())?)
+                .await
+                .unwrap_or(false);
+            if !present {
+                if let Some(s) = self.daemon.session(created.id) {
+                    s.request_close(None, "the owner left the bus");
+                }
+            }
+            Ok((created.path, zbus::OwnedFd::from(created.channel)))
+        })
+        .await
+    }
+
+    /// Version of the daemon.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn version(&self) -> String {
+        env!("CARGO_PKG_VERSION").to_owned()
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn cards(&self) -> Vec<OwnedObjectPath> {
+        self.daemon.cards.iter().map(|c| c.path.clone()).collect()
+    }
+
+    #[zbus(property)]
+    fn sessions(&self) -> Vec<OwnedObjectPath> {
+        self.daemon.session_paths()
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn policy(&self) -> String {
+        lock(&self.daemon.sched).policy().as_str().to_owned()
+    }
+
+    #[zbus(property)]
+    fn capacity(&self) -> u64 {
+        lock(&self.daemon.sched).total_capacity()
+    }
+
+    #[zbus(property)]
+    fn load(&self) -> u64 {
+        lock(&self.daemon.sched).total_load()
+    }
+
+    /// Errors counted since start, per kind (for operators and tests).
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn error_counts(&self) -> HashMap<String, u64> {
+        self.daemon.metrics.error_counts().into_iter().collect()
+    }
+}

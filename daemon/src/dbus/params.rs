@@ -1,0 +1,374 @@
+//! Validation of the `a{sv}` arguments of `CreateSession`, `Reconfigure` and
+//! `InjectFault`: unknown keys, wrong types and out-of-range values are rejected with a
+//! message naming the key and what is accepted.
+
+use std::collections::HashMap;
+
+use zbus::{OwnedObjectPath, OwnedVariant, Variant};
+
+use crate::scheduler::Priority;
+
+/// A rejected argument: the message for `org.vpud.Vpud1.Error.InvalidArgument`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParamError(pub String);
+
+/// The parameters of a new session, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRequest {
+    pub codec: String,
+    pub width: u32,
+    pub height: u32,
+    pub fps_num: u32,
+    pub fps_den: u32,
+    pub pixel_format: String,
+    pub rate_control: String,
+    pub bitrate: u32,
+    pub max_bitrate: u32,
+    pub qp: u8,
+    pub gop: u32,
+    pub priority: Priority,
+    pub card: Option<OwnedObjectPath>,
+}
+
+/// Codecs the API knows; whether a card offers one is the scheduler's question.
+pub const CODECS: &[&str] = &["h264", "hevc", "av1"];
+pub const PIXEL_FORMATS: &[&str] = &["i420", "nv12"];
+pub const RATE_CONTROLS: &[&str] = &["cbr", "vbr", "cqp"];
+pub const PRIORITIES: &[&str] = &["realtime", "batch"];
+
+const SESSION_KEYS: &str = "codec, width, height, framerate_num, framerate_den, pixel_format, \
+    rate_control, bitrate, max_bitrate, qp, gop, priority, card";
+
+type Params = HashMap<String, OwnedVariant>;
+
+fn type_name(v: &Variant<'_>) -> String {
+    v.value_signature().to_string()
+}
+
+fn unwrap_variant<'a>(v: &'a Variant<'a>) -> &'a Variant<'a> {
+    match v {
+        Variant::Variant(inner) => inner,
+        other => other,
+    }
+}
+
+fn get_u32(p: &Params, key: &str) -> Result<Option<u32>, ParamError> {
+    match p.get(key).map(|v| unwrap_variant(v)) {
+        None => Ok(None),
+        Some(Variant::U32(x)) => Ok(Some(*x)),
+        Some(other) => Err(ParamError(format!(
+            "{key} must be of type u (uint32), got {}",
+            type_name(other)
+        ))),
+    }
+}
+
+fn get_str(p: &Params, key: &str) -> Result<Option<String>, ParamError> {
+    match p.get(key).map(|v| unwrap_variant(v)) {
+        None => Ok(None),
+        Some(Variant::Str(s)) => Ok(Some(s.as_str().to_owned())),
+        Some(other) => Err(ParamError(format!(
+            "{key} must be of type s (string), got {}",
+            type_name(other)
+        ))),
+    }
+}
+
+fn one_of(key: &str, value: Option<String>, accepted: &[&str]) -> Result<String, ParamError> {
+    let value = value.unwrap_or_else(|| accepted[0].to_owned());
+    if accepted.contains(&value.as_str()) {
+        Ok(value)
+    } else {
+        Err(ParamError(format!(
+            "{key} = {value:?} is not accepted; use one of {}",
+            accepted.join(", ")
+        )))
+    }
+}
+
+fn range(key: &str, value: u32, lo: u32, hi: u32, what: &str) -> Result<u32, ParamError> {
+    if (lo..=hi).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ParamError(format!(
+            "{key} = {value} is out of range; accepted: {lo} to {hi} {what}"
+        )))
+    }
+}
+
+fn reject_unknown(p: &Params, known: &[&str], listing: &str) -> Result<(), ParamError> {
+    let mut unknown: Vec<&str> = p
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !known.contains(k))
+        .collect();
+    unknown.sort_unstable();
+    match unknown.first() {
+        Some(k) => Err(ParamError(format!(
+            "unknown key {k:?}; accepted keys: {listing}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Validates `CreateSession`'s parameters.
+pub fn session_request(p: &Params) -> Result<SessionRequest, ParamError> {
+    const KNOWN: &[&str] = &[
+        "codec",
+        "width",
+        "height",
+        "framerate_num",
+        "framerate_den",
+        "pixel_format",
+        "rate_control",
+        "bitrate",
+        "max_bitrate",
+        "qp",
+        "gop",
+        "priority",
+        "card",
+    ];
+    reject_unknown(p, KNOWN, SESSION_KEYS)?;
+    let codec = one_of("codec", get_str(p, "codec")?, CODECS)?;
+    let width = get_u32(p, "width")?
+        .ok_or_else(|| ParamError("width is required (u, luma samples)".into()))?;
+    let height = get_u32(p, "height")?
+        .ok_or_else(|| ParamError("height is required (u, luma samples)".into()))?;
+    for (key, v) in [("width", width), ("height", height)] {
+        range(key, v, 16, 16384, "luma samples")?;
+        if v % 2 != 0 {
+            return Err(ParamError(format!(
+                "{key} = {v} must be even (chroma is subsampled 2×2)"
+            )));
+        }
+    }
+    let fps_num = get_u32(p, "framerate_num")?
+        .ok_or_else(|| ParamError("framerate_num is required (u)".into()))?;
+    let fps_num = range("framerate_num", fps_num, 1, 240_000, "")?;
+    let fps_den = range(
+        "framerate_den",
+        get_u32(p, "framerate_den")?.unwrap_or(1),
+        1,
+        240_000,
+        "",
+    )?;
+    if u64::from(fps_num) > 240 * u64::from(fps_den) {
+        return Err(ParamError(format!(
+            "framerate {fps_num}/{fps_den} is out of range; accepted: up to 240 frames per second"
+        )));
+    }
+    let pixel_format = one_of("pixel_format", get_str(p, "pixel_format")?, PIXEL_FORMATS)?;
+    let rate_control = one_of("rate_control", get_str(p, "rate_control")?, RATE_CONTROLS)?;
+    let bitrate = get_u32(p, "bitrate")?;
+    let bitrate = match (rate_control.as_str(), bitrate) {
+        ("cqp", b) => b.unwrap_or(0),
+        (_, Some(b)) => range("bitrate", b, 10_000, 800_000_000, "bit/s")?,
+        (_, None) => 4_000_000,
+    };
+    let max_bitrate = get_u32(p, "max_bitrate")?.unwrap_or(0);
+    if max_bitrate != 0 && max_bitrate < bitrate {
+        return Err(ParamError(format!(
+            "max_bitrate = {max_bitrate} is below bitrate = {bitrate}; accepted: 0 (same as bitrate) or at least bitrate"
+        )));
+    }
+    let qp = range("qp", get_u32(p, "qp")?.unwrap_or(26), 0, 51, "")? as u8;
+    let gop = range(
+        "gop",
+        get_u32(p, "gop")?.unwrap_or(60),
+        0,
+        100_000,
+        "frames",
+    )?;
+    let priority = match one_of("priority", get_str(p, "priority")?, PRIORITIES)?.as_str() {
+        "batch" => Priority::Batch,
+        _ => Priority::Realtime,
+    };
+    let card = match p.get("card").map(|v| unwrap_variant(v)) {
+        None => None,
+        Some(Variant::ObjectPath(o)) => Some(OwnedObjectPath::from(o.to_owned())),
+        Some(other) => {
+            return Err(ParamError(format!(
+                "card must be of type o (a card's object path), got {}",
+                type_name(other)
+            )))
+        }
+    };
+    Ok(SessionRequest {
+        codec,
+        width,
+        height,
+        fps_num,
+        fps_den,
+        pixel_format,
+        rate_control,
+        bitrate,
+        max_bitrate,
+        qp,
+        gop,
+        priority,
+        card,
+    })
+}
+
+/// A validated `Reconfigure` request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReconfigureRequest {
+    pub bitrate: Option<u32>,
+    pub framerate: Option<(u32, u32)>,
+}
+
+/// Validates `Session.Reconfigure`'s parameters (`bitrate` u, `framerate_num` u,
+/// `framerate_den` u).
+pub fn reconfigure_request(p: &Params) -> Result<ReconfigureRequest, ParamError> {
+    reject_unknown(
+        p,
+        &["bitrate", "framerate_num", "framerate_den"],
+        "bitrate, framerate_num, framerate_den",
+    )?;
+    let bitrate = get_u32(p, "bitrate")?
+        .map(|b| range("bitrate", b, 10_000, 800_000_000, "bit/s"))
+        .transpose()?;
+    let num = get_u32(p, "framerate_num")?;
+    let den = get_u32(p, "framerate_den")?;
+    let framerate = match (num, den) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(ParamError(
+                "framerate_den without framerate_num; give framerate_num (and optionally framerate_den)".into(),
+            ))
+        }
+        (Some(n), d) => {
+            let n = range("framerate_num", n, 1, 240_000, "")?;
+            let d = range("framerate_den", d.unwrap_or(1), 1, 240_000, "")?;
+            if u64::from(n) > 240 * u64::from(d) {
+                return Err(ParamError(format!(
+                    "framerate {n}/{d} is out of range; accepted: up to 240 frames per second"
+                )));
+            }
+            Some((n, d))
+        }
+    };
+    if bitrate.is_none() && framerate.is_none() {
+        return Err(ParamError(
+            "nothing to change; accepted keys: bitrate, framerate_num, framerate_den".into(),
+        ));
+    }
+    Ok(ReconfigureRequest { bitrate, framerate })
+}
+
+/// Validated `InjectFault` options.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FaultOptions {
+    pub engine: Option<u8>,
+    pub count: Option<u32>,
+    pub duration_ms: Option<u32>,
+}
+
+/// Validates `Emulator.InjectFault`'s options (`engine` u, `count` u, `duration_ms` u).
+pub fn fault_options(p: &Params) -> Result<FaultOptions, ParamError> {
+    reject_unknown(
+        p,
+        &["engine", "count", "duration_ms"],
+        "engine, count, duration_ms",
+    )?;
+    let engine = get_u32(p, "engine")?
+        .map(|e| range("engine", e, 0, 255, "(an engine index)").map(|e| e as u8))
+        .transpose()?;
+    let count = get_u32(p, "count")?
+        .map(|c| range("count", c, 1, 1_000_000, ""))
+        .transpose()?;
+    let duration_ms = get_u32(p, "duration_ms")?
+        .map(|d| range("duration_ms", d, 1, 3_600_000, "milliseconds"))
+        .transpose()?;
+    Ok(FaultOptions {
+        engine,
+        count,
+        duration_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(entries: Vec<(&str, Variant<'static>)>) -> Params {
+        entries
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), OwnedVariant::try_from(v).unwrap()))
+            .collect()
+    }
+
+    fn base() -> Vec<(&'static str, Variant<'static>)> {
+        vec![
+            ("codec", Variant::from("h264")),
+            ("width", Variant::U32(1280)),
+            ("height", Variant::U32(720)),
+            ("framerate_num", Variant::U32(30)),
+        ]
+    }
+
+    #[test]
+    fn minimal_request_gets_defaults() {
+        let r = session_request(&params(base())).unwrap();
+        assert_eq!(r.fps_den, 1);
+        assert_eq!(r.pixel_format, "i420");
+        assert_eq!(r.rate_control, "cbr");
+        assert_eq!(r.priority, Priority::Realtime);
+        assert_eq!(r.bitrate, 4_000_000);
+        assert_eq!(r.card, None);
+    }
+
+    #[test]
+    fn unknown_keys_wrong_types_and_ranges_are_named() {
+        let mut p = base();
+        p.push(("colour", Variant::from("red")));
+        let e = session_request(&params(p)).unwrap_err();
+        assert!(
+            e.0.contains("\"colour\"") && e.0.contains("framerate_num"),
+            "{e}"
+        );
+
+        let mut p = base();
+        p[1] = ("width", Variant::from("wide"));
+        let e = session_request(&params(p)).unwrap_err();
+        assert!(e.0.contains("width must be of type u"), "{e}");
+
+        let mut p = base();
+        p[1] = ("width", Variant::U32(1281));
+        assert!(session_request(&params(p)).unwrap_err().0.contains("even"));
+
+        let mut p = base();
+        p.push(("qp", Variant::U32(52)));
+        assert!(session_request(&params(p))
+            .unwrap_err()
+            .0
+            .contains("0 to 51"));
+
+        let mut p = base();
+        p.push(("priority", Variant::from("urgent")));
+        let e = session_request(&params(p)).unwrap_err();
+        assert!(e.0.contains("realtime, batch"), "{e}");
+
+        let mut p = base();
+        p.push(("codec", Variant::from("mpeg2")));
+        let p = params(p);
+        assert!(session_request(&p)
+            .unwrap_err()
+            .0
+            .contains("h264, hevc, av1"));
+
+        assert!(session_request(&params(vec![])).is_err());
+    }
+
+    #[test]
+    fn reconfigure_and_fault_options() {
+        let r = reconfigure_request(&params(vec![("bitrate", Variant::U32(2_000_000))])).unwrap();
+        assert_eq!(r.bitrate, Some(2_000_000));
+        assert!(reconfigure_request(&params(vec![])).is_err());
+        assert!(reconfigure_request(&params(vec![("gop", Variant::U32(1))])).is_err());
+        let f = fault_options(&params(vec![("engine", Variant::U32(1))])).unwrap();
+        assert_eq!(f.engine, Some(1));
+        assert!(fault_options(&params(vec![("engine", Variant::U32(300))])).is_err());
+    }
+}

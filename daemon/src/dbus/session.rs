@@ -1,0 +1,220 @@
+//! `org.vpud.Vpud1.Session` at `/org/vpud/Vpud1/session/N`. Only the session's owner
+//! (the connection that created it) may control it.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use vpu_driver::card::Reconfigure;
+use zbus::message::Header;
+use zbus::object_server::SignalEmitter;
+use zbus::{ObjectPath, OwnedObjectPath, OwnedVariant};
+
+use super::access::caller;
+use super::error::VpudError;
+use super::{counted, params};
+use crate::service::state::{lock, Daemon, SessionEntry};
+
+/// How long `Close` waits for the session's resources to be released.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// A session object.
+#[derive(Debug)]
+pub struct SessionIface {
+    pub daemon: Arc<Daemon>,
+    pub entry: Arc<SessionEntry>,
+}
+
+impl SessionIface {
+    fn check_owner(&self, header: &Header<'_>) -> Result<(), VpudError> {
+        let who = caller(header)?;
+        if who == self.entry.owner {
+            Ok(())
+        } else {
+            Err(VpudError::AccessDenied(format!(
+                "session {} belongs to {}; only its owner may control it, not {who}",
+                self.entry.id, self.entry.owner
+            )))
+        }
+    }
+
+    fn check_open(&self) -> Result<(), VpudError> {
+        if self.entry.closed.load(Ordering::Acquire) {
+            Err(VpudError::NotFound(format!(
+                "session {} is closing",
+                self.entry.id
+            )))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[zbus::interface(name = "org.vpud.Vpud1.Session", introspection_docs = false)]
+impl SessionIface {
+    /// Change the bitrate or frame rate from the next frame on.
+    async fn reconfigure(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+        params: HashMap<String, OwnedVariant>,
+    ) -> Result<(), VpudError> {
+        counted(&self.daemon, async {
+            self.check_owner(&header)?;
+            self.check_open()?;
+            let r = params::reconfigure_request(&params)?;
+            let card = Arc::clone(&self.daemon.cards[self.entry.card_index()]);
+            // A new frame rate changes the session's demand: it must fit where it runs.
+            let previous_demand = match r.framerate {
+                Some((num, den)) => {
+                    let mut demand = lock(&self.entry.demand).clone();
+                    let previous = demand.clone();
+                    demand.fps_num = num;
+                    demand.fps_den = den;
+                    lock(&self.daemon.sched).resize(self.entry.id, &demand)?;
+                    *lock(&self.entry.demand) = demand;
+                    Some(previous)
+                }
+                None => None,
+            };
+            let change = Reconfigure {
+                bitrate: r.bitrate,
+                framerate: r.framerate,
+                force_keyframe: false,
+            };
+            if let Err(e) = card
+                .card
+                .reconfigure(self.entry.card_session_id(), &change)
+                .await
+            {
+                if let Some(previous) = previous_demand {
+                    // Give the reservation back as it was; it fitted before.
+                    let _ = lock(&self.daemon.sched).resize(self.entry.id, &previous);
+                    *lock(&self.entry.demand) = previous;
+                }
+                return Err(if e.is_device_fault() {
+                    VpudError::CardFailed(e.to_string())
+                } else {
+                    VpudError::InvalidArgument(e.to_string())
+                });
+            }
+            {
+                let mut cfg = lock(&self.entry.config);
+                if let Some(b) = r.bitrate {
+                    cfg.bitrate = b;
+                }
+                if let Some((n, d)) = r.framerate {
+                    cfg.fps_num = n;
+                    cfg.fps_den = d;
+                }
+            }
+            if r.bitrate.is_some() {
+                self.bitrate_changed(&emitter).await?;
+            }
+            if r.framerate.is_some() {
+                super::signals::card_load(&self.daemon, card.index).await;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Encode the next frame as a keyframe.
+    async fn request_keyframe(&self, #[zbus(header)] header: Header<'_>) -> Result<(), VpudError> {
+        counted(&self.daemon, async {
+            self.check_owner(&header)?;
+            self.check_open()?;
+            self.entry.force_keyframe.store(true, Ordering::Release);
+            Ok(())
+        })
+        .await
+    }
+
+    /// End the session; returns once its resources are released.
+    async fn close(&self, #[zbus(header)] header: Header<'_>) -> Result<(), VpudError> {
+        counted(&self.daemon, async {
+            self.check_owner(&header)?;
+            self.entry.request_close(
+                Some(crate::channel::proto::ErrorCode::SessionClosed),
+                "closed by its owner",
+            );
+            let _ = tokio::time::timeout(CLOSE_WAIT, self.entry.wait_finished()).await;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The session ended; `reason` says why.
+    #[zbus(signal)]
+    pub async fn closed(emitter: &SignalEmitter<'_>, reason: &str) -> zbus::Result<()>;
+
+    /// The session moved to another card.
+    #[zbus(signal)]
+    pub async fn migrated(
+        emitter: &SignalEmitter<'_>,
+        from_card: ObjectPath<'_>,
+        to_card: ObjectPath<'_>,
+    ) -> zbus::Result<()>;
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn owner(&self) -> String {
+        self.entry.owner.clone()
+    }
+
+    #[zbus(property)]
+    fn card(&self) -> OwnedObjectPath {
+        self.daemon.cards[self.entry.card_index()].path.clone()
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn codec(&self) -> String {
+        lock(&self.entry.config).codec.as_str().to_owned()
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn width(&self) -> u32 {
+        lock(&self.entry.config).width
+    }
+
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn height(&self) -> u32 {
+        lock(&self.entry.config).height
+    }
+
+    #[zbus(property)]
+    fn bitrate(&self) -> u32 {
+        lock(&self.entry.config).bitrate
+    }
+
+    #[zbus(property)]
+    fn state(&self) -> String {
+        if self.entry.closed.load(Ordering::Acquire) {
+            "closed".into()
+        } else if self.entry.migrating.load(Ordering::Acquire) {
+            "migrating".into()
+        } else {
+            "running".into()
+        }
+    }
+
+    #[zbus(property)]
+    fn frames_in(&self) -> u64 {
+        self.entry.counters.frames_in.load(Ordering::Relaxed)
+    }
+
+    #[zbus(property)]
+    fn frames_out(&self) -> u64 {
+        self.entry.counters.frames_out.load(Ordering::Relaxed)
+    }
+
+    #[zbus(property)]
+    fn bytes_out(&self) -> u64 {
+        self.entry.counters.bytes_out.load(Ordering::Relaxed)
+    }
+
+    #[zbus(property)]
+    fn keyframes(&self) -> u64 {
+        self.entry.counters.keyframes.load(Ordering::Relaxed)
+    }
+}

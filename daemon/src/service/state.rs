@@ -1,0 +1,251 @@
+//! The daemon's shared state: its cards, the scheduler's book, the live sessions, and
+//! the metrics. Held in an `Arc<Daemon>` by the D-Bus objects and the session tasks.
+//! Locks here are `std::sync::Mutex`es held for a few field updates, never across
+//! `.await`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use tokio::sync::{mpsc, watch};
+use vpu_driver::card::{Card, SessionConfig, SessionId};
+use vpu_driver::emu::EmulatedCard;
+use vpu_driver::io::BackendKind;
+use zbus::{Connection, OwnedObjectPath};
+
+use crate::channel::proto::ErrorCode;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::scheduler::{CardLimits, CardState, Demand, Scheduler};
+
+/// Root object path.
+pub const ROOT_PATH: &str = "/org/vpud/Vpud1";
+
+/// Locks a mutex, taking the data even if a thread panicked while holding it: every
+/// critical section here leaves the data consistent at each step.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One card the daemon drives.
+#[derive(Debug)]
+pub struct CardEntry {
+    /// `N` of `/org/vpud/Vpud1/card/N`.
+    pub index: usize,
+    pub path: OwnedObjectPath,
+    pub card: Arc<Card>,
+    pub name: String,
+    pub backend: BackendKind,
+    pub pci_address: String,
+    /// The emulated card behind `card`, for fault injection.
+    pub emulator: Option<Arc<EmulatedCard>>,
+    /// Errors seen on the card (device faults, failed commands).
+    pub errors: AtomicU64,
+    /// Serialises resets.
+    pub reset_lock: tokio::sync::Mutex<()>,
+}
+
+impl CardEntry {
+    /// What the scheduler needs to know of the card.
+    pub fn limits(&self) -> CardLimits {
+        let id = self.card.identity();
+        CardLimits {
+            engines: id.encode_engines,
+            capacity_per_engine: id.capacity_per_engine,
+            pixel_rate_per_engine: id.pixel_rate_per_engine,
+            codecs: id.codecs.iter().map(|c| c.as_str().to_owned()).collect(),
+            max_width: u32::from(id.max_width),
+            max_height: u32::from(id.max_height),
+            max_sessions: u32::from(id.encode_engines) * u32::from(id.max_sessions_per_engine),
+        }
+    }
+}
+
+/// What a session's task is asked to do.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// End the session.
+    Close(CloseRequest),
+    /// Move off card `card` (failing or being reset), if still on it.
+    Migrate { card: usize, reason: String },
+}
+
+/// Asks a session's task to end.
+#[derive(Debug, Clone)]
+pub struct CloseRequest {
+    /// Sent to the client in an `ERROR` record; `None` for a normal end.
+    pub code: Option<ErrorCode>,
+    pub reason: String,
+}
+
+/// Counters of a session (`Session.FramesIn`, …).
+#[derive(Debug, Default)]
+pub struct SessionCounters {
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub keyframes: AtomicU64,
+}
+
+/// One live session.
+#[derive(Debug)]
+pub struct SessionEntry {
+    /// `N` of `/org/vpud/Vpud1/session/N`.
+    pub id: u64,
+    pub path: OwnedObjectPath,
+    /// Unique bus name of the creator.
+    pub owner: String,
+    /// What the session asks of a card (for placement when it moves or changes rate).
+    pub demand: Mutex<Demand>,
+    /// Set while the session moves to another card (`State` "migrating").
+    pub migrating: AtomicBool,
+    /// The card it runs on (index into `Daemon::cards`) and its id there.
+    pub card: AtomicUsize,
+    pub card_session: AtomicU32,
+    pub config: Mutex<SessionConfig>,
+    pub counters: SessionCounters,
+    /// Set by `RequestKeyframe`; the next frame is encoded as IDR.
+    pub force_keyframe: AtomicBool,
+    pub closed: AtomicBool,
+    pub control: mpsc::UnboundedSender<Control>,
+    /// Becomes `true` once the session's resources are released.
+    pub finished: watch::Receiver<bool>,
+    /// Taken by `session::finish`.
+    pub finished_tx: Mutex<Option<watch::Sender<bool>>>,
+}
+
+impl SessionEntry {
+    pub fn card_index(&self) -> usize {
+        self.card.load(Ordering::Acquire)
+    }
+
+    pub fn card_session_id(&self) -> SessionId {
+        SessionId(self.card_session.load(Ordering::Acquire))
+    }
+
+    /// Asks the session's task to end; `false` if it already is ending.
+    pub fn request_close(&self, code: Option<ErrorCode>, reason: &str) -> bool {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        let _ = self.control.send(Control::Close(CloseRequest {
+            code,
+            reason: reason.to_owned(),
+        }));
+        true
+    }
+
+    /// Asks the session's task to move to another card; `false` if it is ending.
+    pub fn request_migrate(&self, card: usize, reason: &str) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        self.control
+            .send(Control::Migrate {
+                card,
+                reason: reason.to_owned(),
+            })
+            .is_ok()
+    }
+
+    /// Waits until the session's resources are released.
+    pub async fn wait_finished(&self) {
+        let mut rx = self.finished.clone();
+        let _ = rx.wait_for(|done| *done).await;
+    }
+}
+
+/// Everything the daemon shares between its tasks.
+#[derive(Debug)]
+pub struct Daemon {
+    pub config: Config,
+    pub cards: Vec<Arc<CardEntry>>,
+    pub sched: Mutex<Scheduler>,
+    pub sessions: Mutex<BTreeMap<u64, Arc<SessionEntry>>>,
+    next_session: AtomicU64,
+    pub metrics: Arc<Metrics>,
+    conn: OnceLock<Connection>,
+    pub shutting_down: AtomicBool,
+}
+
+impl Daemon {
+    /// The state for `cards` (already opened), all online.
+    pub fn new(config: Config, cards: Vec<Arc<CardEntry>>, metrics: Arc<Metrics>) -> Daemon {
+        let mut sched = Scheduler::new(
+            config.policy,
+            config.scheduler.realtime_reserve_percent,
+            config.scheduler.measured_load_weight,
+            config.quotas.clone(),
+        );
+        for c in &cards {
+            sched.add_card(c.limits());
+        }
+        Daemon {
+            config,
+            cards,
+            sched: Mutex::new(sched),
+            sessions: Mutex::new(BTreeMap::new()),
+            next_session: AtomicU64::new(0),
+            metrics,
+            conn: OnceLock::new(),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// Records the bus connection once it exists.
+    pub fn set_connection(&self, conn: Connection) {
+        let _ = self.conn.set(conn);
+    }
+
+    /// The bus connection (`None` before the daemon is on the bus).
+    pub fn connection(&self) -> Option<&Connection> {
+        self.conn.get()
+    }
+
+    /// A new session number; never reused.
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn session(&self, id: u64) -> Option<Arc<SessionEntry>> {
+        lock(&self.sessions).get(&id).cloned()
+    }
+
+    pub fn session_paths(&self) -> Vec<OwnedObjectPath> {
+        lock(&self.sessions)
+            .values()
+            .map(|s| s.path.clone())
+            .collect()
+    }
+
+    /// Sessions owned by `owner`.
+    pub fn sessions_of(&self, owner: &str) -> Vec<Arc<SessionEntry>> {
+        lock(&self.sessions)
+            .values()
+            .filter(|s| s.owner == owner)
+            .cloned()
+            .collect()
+    }
+
+    /// Sessions running on card `card`.
+    pub fn sessions_on(&self, card: usize) -> Vec<Arc<SessionEntry>> {
+        lock(&self.sessions)
+            .values()
+            .filter(|s| s.card_index() == card)
+            .cloned()
+            .collect()
+    }
+
+    pub fn all_sessions(&self) -> Vec<Arc<SessionEntry>> {
+        lock(&self.sessions).values().cloned().collect()
+    }
+
+    pub fn card_state(&self, card: usize) -> CardState {
+        lock(&self.sched).state(card).unwrap_or(CardState::Offline)
+    }
+
+    /// Card index of an object path.
+    pub fn card_by_path(&self, path: &str) -> Option<usize> {
+        self.cards.iter().position(|c| c.path.as_str() == path)
+    }
+}

@@ -1,0 +1,235 @@
+//! Encode sessions: creation (admission, placement, the card session, the data channel),
+//! the task serving each channel ([`worker`]), the client's frame buffers ([`buffers`]),
+//! and the one place every session ends ([`finish`]).
+
+pub mod buffers;
+pub mod worker;
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch};
+use vpu_driver::card::{CardError, Codec, PixelFormat, RateControl, SessionConfig, VendorStatus};
+use zbus::OwnedObjectPath;
+
+use crate::channel::proto::{Hello, MAX_BUFFERS, MAX_RECORD_LEN, VERSION};
+use crate::channel::socket::{self, SeqPacket, SocketError};
+use crate::dbus::params::SessionRequest;
+use crate::metrics::Metrics;
+use crate::scheduler::{Demand, SchedError};
+use crate::service::state::{lock, Daemon, SessionCounters, SessionEntry, ROOT_PATH};
+
+/// Why a session could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Place(#[from] SchedError),
+    #[error("no card {path}; cards are {known}")]
+    UnknownCard { path: String, known: String },
+    #[error("card {card} rejected the session: {source}")]
+    CardRejected {
+        card: String,
+        #[source]
+        source: CardError,
+    },
+    #[error("card {card} failed creating the session: {source}")]
+    CardFailed {
+        card: String,
+        #[source]
+        source: CardError,
+    },
+    #[error("creating the data channel failed: {0}")]
+    Channel(#[from] SocketError),
+    #[error("publishing the session on the bus failed: {0}")]
+    Bus(#[from] zbus::Error),
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+}
+
+/// A new session: its object path and the client's end of its data channel.
+#[derive(Debug)]
+pub struct Created {
+    pub id: u64,
+    pub path: OwnedObjectPath,
+    pub channel: std::os::fd::OwnedFd,
+}
+
+fn session_config(req: &SessionRequest) -> Result<SessionConfig, SchedError> {
+    // The request was validated against these names; a mismatch would be a bug between
+    // the parameter table and the card API, reported as unsupported.
+    let unsupported = |what: &str| SchedError::NotSupported {
+        what: what.to_owned(),
+        accepted: "h264/hevc/av1, i420/nv12, cbr/vbr/cqp".into(),
+    };
+    Ok(SessionConfig {
+        codec: Codec::from_str(&req.codec).map_err(|_| unsupported(&req.codec))?,
+        width: req.width,
+        height: req.height,
+        fps_num: req.fps_num,
+        fps_den: req.fps_den,
+        pixel_format: PixelFormat::from_str(&req.pixel_format)
+            .map_err(|_| unsupported(&req.pixel_format))?,
+        rate_control: RateControl::from_str(&req.rate_control)
+            .map_err(|_| unsupported(&req.rate_control))?,
+        bitrate: req.bitrate,
+        max_bitrate: req.max_bitrate,
+        qp: req.qp,
+        gop: req.gop,
+        low_latency: false,
+        engine_hint: None,
+    })
+}
+
+/// Creates a session for `owner`: admission and placement first (no card is touched if
+/// they fail), then the card session (another card is tried if the chosen one has no
+/// engine for it), then the channel, the bus object and the serving task.
+pub async fn create(
+    daemon: &Arc<Daemon>,
+    owner: &str,
+    req: SessionRequest,
+) -> Result<Created, SessionError> {
+    if daemon.shutting_down.load(Ordering::Acquire) {
+        return Err(SessionError::ShuttingDown);
+    }
+    let pinned = match &req.card {
+        None => None,
+        Some(p) => Some(daemon.card_by_path(p.as_str()).ok_or_else(|| {
+            SessionError::UnknownCard {
+                path: p.to_string(),
+                known: daemon
+                    .cards
+                    .iter()
+                    .map(|c| c.path.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+        })?),
+    };
+    let cfg = session_config(&req)?;
+    let demand = Demand {
+        codec: req.codec.clone(),
+        width: req.width,
+        height: req.height,
+        fps_num: req.fps_num,
+        fps_den: req.fps_den,
+        priority: req.priority,
+    };
+    let id = daemon.next_session_id();
+    let mut exclude = Vec::new();
+    let (placement, sid) = loop {
+        let placement = lock(&daemon.sched).place(id, owner, &demand, pinned, &exclude)?;
+        let card = &daemon.cards[placement.card];
+        let result = match cfg.validate(card.card.identity()).err() {
+            Some(e) => Err(e),
+            None => card.card.create_session(&cfg).await,
+        };
+        match result {
+            Ok(sid) => break (placement, sid),
+            Err(e) => {
+                lock(&daemon.sched).release(id);
+                card.errors
+                    .fetch_add(u64::from(e.is_device_fault()), Ordering::Relaxed);
+                let no_engine = e.vendor_status() == Some(VendorStatus::NoCapacity);
+                if no_engine && pinned.is_none() {
+                    tracing::info!(card = %card.name, session = id, "card has no engine for the session; trying another");
+                    exclude.push(placement.card);
+                    continue;
+                }
+                daemon.metrics.error("card.create-session");
+                if e.is_device_fault() {
+                    crate::service::health::card_fault(daemon, placement.card, &e.to_string());
+                    return Err(SessionError::CardFailed {
+                        card: card.name.clone(),
+                        source: e,
+                    });
+                }
+                return Err(SessionError::CardRejected {
+                    card: card.name.clone(),
+                    source: e,
+                });
+            }
+        }
+    };
+    let card = Arc::clone(&daemon.cards[placement.card]);
+    let cleanup_card_session = |e: SessionError| {
+        lock(&daemon.sched).release(id);
+        let c = Arc::clone(&card.card);
+        tokio::spawn(async move {
+            let _ = c.destroy_session(sid).await;
+        });
+        e
+    };
+    let (ours, theirs) = socket::pair().map_err(|e| cleanup_card_session(e.into()))?;
+    let sock = SeqPacket::new(ours).map_err(|e| cleanup_card_session(e.into()))?;
+    let path = OwnedObjectPath::try_from(format!("{ROOT_PATH}/session/{id}"))
+        .map_err(|e| cleanup_card_session(SessionError::Bus(e)))?;
+    let (control, control_rx) = mpsc::unbounded_channel();
+    let (finished_tx, finished) = watch::channel(false);
+    let identity = card.card.identity();
+    let hello = Hello {
+        version: u16::from(VERSION),
+        window: identity.max_frames_in_flight.max(1),
+        max_buffers: MAX_BUFFERS,
+        max_record_len: MAX_RECORD_LEN as u32,
+        frame_size: cfg.frame_size() as u32,
+        width: cfg.width,
+        height: cfg.height,
+        pixel_format: cfg.pixel_format.code() as u8,
+        session: id as u32,
+    };
+    let entry = Arc::new(SessionEntry {
+        id,
+        path: path.clone(),
+        owner: owner.to_owned(),
+        demand: Mutex::new(demand),
+        migrating: AtomicBool::new(false),
+        card: AtomicUsize::new(card.index),
+        card_session: AtomicU32::new(sid.0),
+        config: Mutex::new(cfg),
+        counters: SessionCounters::default(),
+        force_keyframe: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
+        control,
+        finished,
+        finished_tx: Mutex::new(Some(finished_tx)),
+    });
+    lock(&daemon.sessions).insert(id, Arc::clone(&entry));
+    Metrics::add(&daemon.metrics.sessions_created, 1);
+    if let Err(e) = crate::dbus::signals::session_added(daemon, &entry).await {
+        lock(&daemon.sessions).remove(&id);
+        return Err(cleanup_card_session(SessionError::Bus(e)));
+    }
+    tracing::info!(session = id, card = %card.name, owner, units = placement.units,
+        width = req.width, height = req.height, "session created");
+    let worker = worker::Worker {
+        daemon: Arc::clone(daemon),
+        entry: Arc::clone(&entry),
+        sock,
+        card,
+        sid,
+        hello,
+        control_rx,
+        pending_migrate: None,
+    };
+    tokio::spawn(worker.serve());
+    Ok(Created {
+        id,
+        path,
+        channel: theirs,
+    })
+}
+
+/// The end of every session, after its task released the card session and buffers:
+/// the reservation is returned, the object leaves the bus with `Closed(reason)`, and
+/// waiters are told.
+pub async fn finish(daemon: &Arc<Daemon>, entry: &Arc<SessionEntry>, reason: &str) {
+    let placement = lock(&daemon.sched).release(entry.id);
+    lock(&daemon.sessions).remove(&entry.id);
+    Metrics::add(&daemon.metrics.sessions_closed, 1);
+    crate::dbus::signals::session_removed(daemon, entry, reason, placement.map(|p| p.card)).await;
+    if let Some(tx) = lock(&entry.finished_tx).take() {
+        let _ = tx.send(true);
+    }
+    tracing::info!(session = entry.id, reason, "session closed");
+}

@@ -1,0 +1,165 @@
+//! Card faults injected through `org.vpud.Vpud1.Emulator.InjectFault` while a session is
+//! encoding: the session moves to the other card (`Migrated`), the client's output has
+//! every frame exactly once in pts order and decodes cleanly, and the failed card is reset
+//! and comes back. With no other card, the session ends with `card-failed`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use vpu_tests::clip::synthetic_clip;
+use vpu_tests::daemon::*;
+use vpu_tests::decode::decode_openh264;
+use vpud::channel::proto::ErrorCode;
+use vpud::config::Config;
+use zbus::{OwnedObjectPath, OwnedVariant, Variant};
+
+fn config() -> Config {
+    let mut c = Config::default();
+    c.timeouts.command_ms = 500;
+    c.scheduler.load_sample_interval_ms = 100;
+    c.scheduler.measured_load_weight = 0.0;
+    c
+}
+
+async fn inject(
+    conn: &zbus::Connection,
+    card: &str,
+    kind: &str,
+    opts: HashMap<String, OwnedVariant>,
+) {
+    conn.call_method(
+        Some(BUS_NAME),
+        card,
+        Some("org.vpud.Vpud1.Emulator"),
+        "InjectFault",
+        &(kind, opts),
+    )
+    .await
+    .unwrap();
+}
+
+/// Encodes 40 frames on card 0, injecting `kind` after 10; checks the session moved to
+/// card 1 with every frame delivered once, and card 0 ends in `final_state`.
+async fn survives(kind: &str, opts: HashMap<String, OwnedVariant>, final_state: &str) {
+    let d = start(2, config()).await.unwrap();
+    let conn = connect(&d).await.unwrap();
+    let (path, fd) = create_session(&conn, &params(320, 240, 30)).await.unwrap();
+    let card: OwnedObjectPath = property(&conn, path.as_str(), SESSION, "Card")
+        .await
+        .unwrap();
+    assert_eq!(card.as_str(), "/org/vpud/Vpud1/card/0");
+    let mut migrated = zbus::MessageStream::for_match_rule(
+        zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .interface(SESSION)
+            .member("Migrated")
+            .path(path.as_str())
+            .build()
+            .unwrap(),
+        &conn,
+        None,
+    )
+    .await
+    .unwrap();
+    let mut ch = Channel::open(fd).await.unwrap();
+    let clip = synthetic_clip(320, 240, 40);
+    let mut packets = ch.encode(&clip[..10]).await.unwrap();
+    inject(&conn, "/org/vpud/Vpud1/card/0", kind, opts).await;
+    packets.extend(ch.encode(&clip[10..]).await.unwrap());
+    let pts: Vec<u64> = packets.iter().map(|p| p.pts).collect();
+    assert_eq!(
+        pts,
+        (0..40).collect::<Vec<u64>>(),
+        "{kind}: every frame once, in order"
+    );
+    let stream: Vec<u8> = packets.iter().flat_map(|p| p.data.clone()).collect();
+    let decoded = decode_openh264(&stream).unwrap();
+    assert_eq!(decoded.len(), 40, "{kind}: decodes to every frame");
+    let signal = tokio::time::timeout(Duration::from_secs(5), migrated.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let (from, to): (OwnedObjectPath, OwnedObjectPath) = signal.body().deserialize().unwrap();
+    assert_eq!(
+        (from.as_str(), to.as_str()),
+        ("/org/vpud/Vpud1/card/0", "/org/vpud/Vpud1/card/1")
+    );
+    let card: OwnedObjectPath = property(&conn, path.as_str(), SESSION, "Card")
+        .await
+        .unwrap();
+    assert_eq!(card.as_str(), "/org/vpud/Vpud1/card/1");
+    assert_eq!(ch.finish().await.unwrap(), (40, 40));
+    // The failed card is reset and back in service (or out of it, if it is gone), its
+    // errors counted.
+    eventually(Duration::from_secs(10), || async {
+        let s: String = property(&conn, "/org/vpud/Vpud1/card/0", CARD, "State").await?;
+        Ok(s == final_state)
+    })
+    .await
+    .unwrap();
+    let errors: u64 = property(&conn, "/org/vpud/Vpud1/card/0", CARD, "Errors")
+        .await
+        .unwrap();
+    assert!(errors > 0, "{kind}: errors counted");
+    assert!(d.daemon().metrics.errors("card.fault") > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fatal_status_moves_the_session() {
+    survives("fatal-status", HashMap::new(), "online").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_engines_move_the_session() {
+    survives("hang-engine", HashMap::new(), "online").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn surprise_removal_moves_the_session() {
+    // A removed card cannot be brought back: it is marked failed.
+    survives("surprise-removal", HashMap::new(), "failed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_completions_move_the_session() {
+    let mut o = HashMap::new();
+    o.insert("count".to_owned(), owned(Variant::U32(1)));
+    survives("corrupt-completion", o, "online").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_other_card_the_session_ends_with_card_failed() {
+    let d = start(1, config()).await.unwrap();
+    let conn = connect(&d).await.unwrap();
+    let (_path, fd) = create_session(&conn, &params(320, 240, 30)).await.unwrap();
+    let mut ch = Channel::open(fd).await.unwrap();
+    let clip = synthetic_clip(320, 240, 10);
+    ch.encode(&clip[..5]).await.unwrap();
+    inject(
+        &conn,
+        "/org/vpud/Vpud1/card/0",
+        "fatal-status",
+        HashMap::new(),
+    )
+    .await;
+    let err = ch.encode(&clip[5..]).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("channel error {}", ErrorCode::CardFailed as u32)),
+        "{err}"
+    );
+    eventually(Duration::from_secs(10), || async {
+        let s: Vec<OwnedObjectPath> = property(&conn, ROOT, MANAGER, "Sessions").await?;
+        let state: String = property(&conn, "/org/vpud/Vpud1/card/0", CARD, "State").await?;
+        Ok(s.is_empty() && state == "online")
+    })
+    .await
+    .unwrap();
+    // The reset card serves new sessions.
+    let (_p, fd) = create_session(&conn, &params(320, 240, 30)).await.unwrap();
+    let mut ch = Channel::open(fd).await.unwrap();
+    assert_eq!(ch.encode(&clip).await.unwrap().len(), 10);
+}
