@@ -559,6 +559,8 @@ async fn random_arguments_to_every_method_get_typed_replies() {
         .await
         .expect("daemon on a private bus");
     let conn = connect(&daemon).await.expect("client connection");
+    // Another client: the sessions are not its own.
+    let stranger = connect(&daemon).await.expect("second client connection");
     let cards = paths(
         property(&conn, ROOT, MANAGER, "Cards")
             .await
@@ -613,7 +615,8 @@ async fn random_arguments_to_every_method_get_typed_replies() {
             .methods
             .entry(format!("{iface}.{method}"))
             .or_default();
-        let reply = call(&conn, &path, iface, method, args).await;
+        let caller = if rng.chance(15) { &stranger } else { &conn };
+        let reply = call(caller, &path, iface, method, args).await;
         let gone = match &reply {
             Ok(_) => (iface, method) == (SESSION, "Close"),
             Err(zbus::Error::FDO(e)) => e.name().as_str().ends_with(".UnknownObject"),

@@ -189,3 +189,51 @@ impl HostileQueue {
         self.metrics.snapshot()
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use vpu_ffi::VPU_CQE_PHASE;
+
+    use super::*;
+
+    fn entry(cid: u16, sq_id: u16, dw0: u32) -> [u8; VPU_CQE_SIZE as usize] {
+        let mut b = [0u8; VPU_CQE_SIZE as usize];
+        b[0..4].copy_from_slice(&dw0.to_le_bytes());
+        b[10..12].copy_from_slice(&sq_id.to_le_bytes());
+        b[12..14].copy_from_slice(&cid.to_le_bytes());
+        b[14..16].copy_from_slice(&(VPU_CQE_PHASE as u16).to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn the_caller_plays_the_device() {
+        let q = HostileQueue::new(1, 2).unwrap();
+        let (cid, mut a) = q.try_submit(&Command::new(0x80)).unwrap().unwrap();
+        // Depth 2 holds one command; a second submitter would wait.
+        assert!(q.try_submit(&Command::new(0x80)).is_none());
+        assert!(matches!(a.poll(), Outcome::Waiting));
+        // Wrong queue id: the submitter hears of it, the command stays in flight.
+        q.post(0, &entry(cid, 7, 0));
+        assert_eq!(q.process_completions(), 1);
+        assert!(matches!(
+            a.poll(),
+            Outcome::Done(Err(NvmeError::DeviceProtocol { .. }))
+        ));
+        assert_eq!(q.in_flight(), 1);
+        // A consistent completion frees it (late: nobody waits any more).
+        q.post(1, &entry(cid, 1, 42));
+        assert_eq!(q.process_completions(), 1);
+        assert_eq!(q.in_flight(), 0);
+        let m = q.metrics();
+        assert_eq!((m.protocol_errors, m.late_completions), (1, 1));
+        let (cid, mut b) = q.try_submit(&Command::new(0x80)).unwrap().unwrap();
+        q.kill();
+        assert!(matches!(
+            b.poll(),
+            Outcome::Done(Err(NvmeError::Reset { .. }))
+        ));
+        assert!(q.try_submit(&Command::new(0x80)).unwrap().is_err());
+        assert!(!q.abandon(cid));
+    }
+}
