@@ -576,3 +576,53 @@ async fn frames_beyond_the_window_are_a_protocol_violation() {
     assert_eq!(code, ErrorCode::ProtocolViolation as u32);
     assert!(message.contains("window"), "{message}");
 }
+
+type Changed = (String, HashMap<String, zbus::OwnedVariant>, Vec<String>);
+
+async fn next(s: &mut zbus::MessageStream) -> Changed {
+    let m = tokio::time::timeout(Duration::from_secs(2), futures_util::StreamExt::next(s))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    m.body().deserialize().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_are_signalled() {
+    let d = start(1, config()).await.unwrap();
+    let conn = connect(&d).await.unwrap();
+    let rule = |path: &'static str| {
+        zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .interface("org.freedesktop.DBus.Properties")
+            .member("PropertiesChanged")
+            .path(path)
+            .build()
+            .unwrap()
+    };
+    let mut manager = zbus::MessageStream::for_match_rule(rule(ROOT), &conn, None)
+        .await
+        .unwrap();
+    let mut card = zbus::MessageStream::for_match_rule(rule("/org/vpud/Vpud1/card/0"), &conn, None)
+        .await
+        .unwrap();
+    let (path, fd) = create_session(&conn, &params(1280, 720, 30)).await.unwrap();
+    let (iface, props, _) = next(&mut manager).await;
+    assert_eq!(iface, MANAGER);
+    let sessions: Vec<OwnedObjectPath> = props["Sessions"].clone().try_into().unwrap();
+    assert_eq!(sessions, vec![path.clone()]);
+    let load: u64 = props["Load"].clone().try_into().unwrap();
+    assert_eq!(load, 125_000);
+    let (iface, props, _) = next(&mut card).await;
+    assert_eq!(iface, CARD);
+    let active: u32 = props["ActiveSessions"].clone().try_into().unwrap();
+    assert_eq!(active, 1);
+    drop(fd);
+    let (_, props, _) = next(&mut manager).await;
+    let sessions: Vec<OwnedObjectPath> = props["Sessions"].clone().try_into().unwrap();
+    assert!(sessions.is_empty());
+    let load: u64 = props["Load"].clone().try_into().unwrap();
+    assert_eq!(load, 0);
+    let _ = path;
+}

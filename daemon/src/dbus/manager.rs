@@ -48,18 +48,26 @@ impl ManagerIface {
             let owner = caller(&header)?;
             let req = params::session_request(&params)?;
             let created = session::create(&self.daemon, &owner, req).await?;
-            // The caller may have left between its call and now; then nobody would ever
-            // close the session.
-            let dbus = zbus::fdo::DBusProxy::new(conn).await?;
-            let present = dbus
-                .name_has_owner(BusName::try_from(owner.as_str())?)
-                .await
-                .unwrap_or(false);
-            if !present {
-                if let Some(s) = self.daemon.session(created.id) {
-                    s.request_close(None, "the owner left the bus");
+            // The caller may have left between its call and now, before its session was
+            // there for the bus watcher to end; check in the background, off the reply's
+            // path.
+            let daemon = std::sync::Arc::clone(&self.daemon);
+            let conn = conn.clone();
+            let id = created.id;
+            tokio::spawn(async move {
+                let present = match (
+                    zbus::fdo::DBusProxy::new(&conn).await,
+                    BusName::try_from(owner.as_str()),
+                ) {
+                    (Ok(dbus), Ok(name)) => dbus.name_has_owner(name).await.unwrap_or(false),
+                    _ => false,
+                };
+                if !present {
+                    if let Some(s) = daemon.session(id) {
+                        s.request_close(None, "the owner left the bus");
+                    }
                 }
-            }
+            });
             Ok((created.path, zbus::OwnedFd::from(created.channel)))
         })
         .await

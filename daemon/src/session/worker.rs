@@ -368,6 +368,7 @@ impl Worker {
                 }
                 self.card.errors.fetch_add(1, Ordering::Relaxed);
                 self.daemon.metrics.error("card.encode");
+                crate::dbus::signals::card_errors(&self.daemon, self.card.index).await;
                 return Err(Flow::End(Ending::error(
                     ErrorCode::EncodeFailed,
                     format!("frame pts {pts}: {e}"),

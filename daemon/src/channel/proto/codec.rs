@@ -285,7 +285,7 @@ impl DaemonRecord {
 }
 
 // ---------------------------------------------------------------------------------------
-// Decoding helpers
+// Decoding: header split, names, bounded reads
 
 fn split(buf: &[u8]) -> Result<(u8, &[u8]), ProtoError> {
     if buf.len() < HEADER_LEN {
