@@ -253,3 +253,75 @@ async fn card_administration_needs_root_or_polkit() {
         .unwrap();
     assert_eq!(state, "online");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_daemon_tells_every_session() {
+    let d = start(1, Config::default()).await.unwrap();
+    let conn = connect(&d).await.unwrap();
+    let (_path, fd) = create_session(&conn, &params(320, 240, 30)).await.unwrap();
+    let ch = Channel::open(fd).await.unwrap();
+    let emu = d.daemon().cards[0].emulator.clone().unwrap();
+    d.stop().await.unwrap();
+    match ch.recv().await.unwrap() {
+        Some(vpud::channel::proto::DaemonRecord::Error { code, .. }) => {
+            assert_eq!(code, vpud::channel::proto::ErrorCode::Shutdown as u32)
+        }
+        other => panic!("expected a shutdown error, got {other:?}"),
+    }
+    assert!(ch.recv().await.unwrap().is_none());
+    // The card was shut down: nothing of the session is mapped any more.
+    assert_eq!(emu.dma_mappings(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_faster_frame_rate_must_fit_the_card() {
+    let mut config = Config::default();
+    config.scheduler.measured_load_weight = 0.0;
+    let d = start(1, config).await.unwrap();
+    let conn = connect(&d).await.unwrap();
+    let (path, _fd) = create_session(&conn, &params(1920, 1080, 30))
+        .await
+        .unwrap();
+    let reconfigure = |num: u32| {
+        let conn = conn.clone();
+        let path = path.clone();
+        async move {
+            let p = std::collections::HashMap::from([(
+                "framerate_num".to_owned(),
+                owned(zbus::Variant::U32(num)),
+            )]);
+            conn.call_method(
+                Some(BUS_NAME),
+                path.as_str(),
+                Some(SESSION),
+                "Reconfigure",
+                &(p,),
+            )
+            .await
+            .map(|_| ())
+        }
+    };
+    reconfigure(60).await.unwrap();
+    let load: u64 = property(&conn, ROOT, MANAGER, "Load").await.unwrap();
+    assert_eq!(load, 562_500);
+    // Fill the rest of the card, then ask for more than is left.
+    let _others: Vec<_> = {
+        let mut v = Vec::new();
+        for _ in 0..2 {
+            v.push(
+                create_session(&conn, &params(1920, 1080, 60))
+                    .await
+                    .unwrap(),
+            );
+        }
+        v
+    };
+    let e = reconfigure(120).await.unwrap_err();
+    assert_eq!(
+        error_name(&e).as_deref(),
+        Some("org.vpud.Vpud1.Error.NoCapacity"),
+        "{e}"
+    );
+    let load: u64 = property(&conn, ROOT, MANAGER, "Load").await.unwrap();
+    assert_eq!(load, 3 * 562_500);
+}

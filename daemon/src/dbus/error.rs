@@ -40,7 +40,9 @@ impl From<SchedError> for VpudError {
             SchedError::NoCapacity { .. } => VpudError::NoCapacity(msg),
             SchedError::QuotaExceeded { .. } => VpudError::QuotaExceeded(msg),
             SchedError::NotSupported { .. } => VpudError::NotSupported(msg),
-            SchedError::NoSuchCard { .. } => VpudError::NotFound(msg),
+            SchedError::NoSuchCard { .. } | SchedError::NoSuchSession { .. } => {
+                VpudError::NotFound(msg)
+            }
         }
     }
 }

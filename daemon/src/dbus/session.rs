@@ -65,21 +65,40 @@ impl SessionIface {
             self.check_open()?;
             let r = params::reconfigure_request(&params)?;
             let card = Arc::clone(&self.daemon.cards[self.entry.card_index()]);
+            // A new frame rate changes the session's demand: it must fit where it runs.
+            let previous_demand = match r.framerate {
+                Some((num, den)) => {
+                    let mut demand = lock(&self.entry.demand).clone();
+                    let previous = demand.clone();
+                    demand.fps_num = num;
+                    demand.fps_den = den;
+                    lock(&self.daemon.sched).resize(self.entry.id, &demand)?;
+                    *lock(&self.entry.demand) = demand;
+                    Some(previous)
+                }
+                None => None,
+            };
             let change = Reconfigure {
                 bitrate: r.bitrate,
                 framerate: r.framerate,
                 force_keyframe: false,
             };
-            card.card
+            if let Err(e) = card
+                .card
                 .reconfigure(self.entry.card_session_id(), &change)
                 .await
-                .map_err(|e| {
-                    if e.is_device_fault() {
-                        VpudError::CardFailed(e.to_string())
-                    } else {
-                        VpudError::InvalidArgument(e.to_string())
-                    }
-                })?;
+            {
+                if let Some(previous) = previous_demand {
+                    // Give the reservation back as it was; it fitted before.
+                    let _ = lock(&self.daemon.sched).resize(self.entry.id, &previous);
+                    *lock(&self.entry.demand) = previous;
+                }
+                return Err(if e.is_device_fault() {
+                    VpudError::CardFailed(e.to_string())
+                } else {
+                    VpudError::InvalidArgument(e.to_string())
+                });
+            }
             {
                 let mut cfg = lock(&self.entry.config);
                 if let Some(b) = r.bitrate {
@@ -92,6 +111,9 @@ impl SessionIface {
             }
             if r.bitrate.is_some() {
                 self.bitrate_changed(&emitter).await?;
+            }
+            if r.framerate.is_some() {
+                super::signals::card_load(&self.daemon, card.index).await;
             }
             Ok(())
         })
@@ -169,6 +191,8 @@ impl SessionIface {
     fn state(&self) -> String {
         if self.entry.closed.load(Ordering::Acquire) {
             "closed".into()
+        } else if self.entry.migrating.load(Ordering::Acquire) {
+            "migrating".into()
         } else {
             "running".into()
         }

@@ -203,6 +203,42 @@ impl Scheduler {
         Ok(placement)
     }
 
+    /// Changes a placed session's demand on the card it runs on (a new frame rate). On
+    /// `NoCapacity` or a quota error the old reservation stands.
+    pub fn resize(&mut self, session: u64, demand: &Demand) -> Result<Placement, SchedError> {
+        let Some(p) = self.placements.get(&session).cloned() else {
+            return Err(SchedError::NoSuchSession { session });
+        };
+        let card = &self.cards[p.card];
+        let units = demand_units(demand, &card.limits);
+        let reserved_without = card.reserved.saturating_sub(p.units);
+        let (_, held_load) = self.client_usage(&p.client);
+        let client_without = held_load.saturating_sub(p.units);
+        if self.quotas.load_per_client != 0 && client_without + units > self.quotas.load_per_client
+        {
+            return Err(SchedError::QuotaExceeded {
+                client: p.client.clone(),
+                what: format!(
+                    "{units} load units asked with {client_without} held, quota is {}",
+                    self.quotas.load_per_client
+                ),
+            });
+        }
+        if reserved_without + units > self.limit(p.card, demand.priority) {
+            return Err(SchedError::NoCapacity {
+                demand: demand.clone(),
+                free: self.free_summary(demand.priority),
+            });
+        }
+        self.cards[p.card].reserved = reserved_without + units;
+        if let Some(book) = self.clients.get_mut(&p.client) {
+            book.load = client_without + units;
+        }
+        let placement = Placement { units, ..p };
+        self.placements.insert(session, placement.clone());
+        Ok(placement)
+    }
+
     /// Releases a session's reservation; returns where it was.
     pub fn release(&mut self, session: u64) -> Option<Placement> {
         let p = self.placements.remove(&session)?;

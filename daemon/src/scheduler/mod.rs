@@ -18,6 +18,8 @@ pub enum SchedError {
     NotSupported { what: String, accepted: String },
     #[error("no card {card}")]
     NoSuchCard { card: usize },
+    #[error("no session {session} is placed")]
+    NoSuchSession { session: u64 },
 }
 
 #[cfg(test)]

@@ -217,3 +217,28 @@ fn measured_load_is_blended_and_idle_cards_read_zero() {
     assert_eq!(s.card_load(0), 0);
     assert_eq!(s.card_reserved(0), 0);
 }
+
+#[test]
+fn resize_checks_the_card_the_session_runs_on() {
+    let mut s = Scheduler::new(Policy::Spread, 0, 0.0, no_quota());
+    s.add_card(limits(1));
+    s.place(1, "c", &d720(Priority::Realtime), None, &[])
+        .unwrap();
+    let mut faster = d720(Priority::Realtime);
+    faster.fps_num = 60;
+    assert_eq!(s.resize(1, &faster).unwrap().units, 250_000);
+    assert_eq!(s.card_reserved(0), 250_000);
+    for i in 2..5 {
+        s.place(i, "c", &faster, None, &[]).unwrap();
+    }
+    faster.fps_num = 120;
+    assert!(matches!(
+        s.resize(1, &faster),
+        Err(SchedError::NoCapacity { .. })
+    ));
+    assert_eq!(s.card_reserved(0), 1_000_000);
+    assert!(matches!(
+        s.resize(9, &faster),
+        Err(SchedError::NoSuchSession { .. })
+    ));
+}

@@ -97,6 +97,8 @@ pub async fn monitor(daemon: Arc<Daemon>) {
     let interval = Duration::from_millis(daemon.config.scheduler.load_sample_interval_ms);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate; the first sample comes one interval after start.
+    tick.tick().await;
     loop {
         tick.tick().await;
         if daemon.shutting_down.load(Ordering::Acquire) {
