@@ -1,4 +1,4 @@
-//! Small helpers of the guest program: waiting on eventfds, polling registers, and the
+//! Utilities of the guest program: waiting on eventfds, polling registers, and the
 //! process limits the memlock check changes.
 
 use std::os::fd::AsRawFd;
