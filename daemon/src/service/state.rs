@@ -107,6 +107,8 @@ pub struct SessionEntry {
     /// Set by `RequestKeyframe`; the next frame is encoded as IDR.
     pub force_keyframe: AtomicBool,
     pub closed: AtomicBool,
+    /// Off the books and the bus (see `session::retire`).
+    pub retired: AtomicBool,
     pub control: mpsc::UnboundedSender<Control>,
     /// Becomes `true` once the session's resources are released.
     pub finished: watch::Receiver<bool>,
