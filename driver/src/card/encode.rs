@@ -3,18 +3,15 @@
 
 use std::sync::atomic::Ordering;
 
-use vpu_ffi::{
-    VPU_ENCODED_INPUT_LAG_SHIFT, VPU_ENCODED_KEYFRAME, VPU_ENCODE_FORCE_IDR, VPU_FRAME_TYPE_B,
-    VPU_FRAME_TYPE_I, VPU_FRAME_TYPE_IDR, VPU_FRAME_TYPE_MASK, VPU_FRAME_TYPE_P,
-    VPU_FRAME_TYPE_SKIPPED, VPU_IO_ENCODE_FRAME,
-};
+use vpu_ffi::{VPU_ENCODE_FORCE_IDR, VPU_IO_ENCODE_FRAME};
 
 use crate::io::DmaBuffer;
 use crate::nvme::{Command, Completion, Status, VendorStatus};
 
 use super::device::{bump, lock, Card, SessionState, OUTPUT_RETRIES, PTS_HISTORY};
+use super::encoded::{check_encoded, BadEncoded};
 use super::error::CardError;
-use super::types::{FrameInput, FrameType, Packet, SessionId};
+use super::types::{FrameInput, Packet, SessionId};
 
 impl Card {
     /// Encodes one frame and returns the card's output for it.
@@ -133,52 +130,36 @@ impl Card {
         seq: u64,
         pts: u64,
     ) -> Result<Packet, CardError> {
-        let written = c.dw0;
-        if written as usize > capacity {
-            bump(&self.metrics.bad_completions, 1);
-            tracing::warn!(card = %self.device, session = id.0, written, capacity,
-                "completion claims more bytes than the output buffer holds");
-            return Err(CardError::BadByteCount {
-                device: self.device.clone(),
-                session: id.0,
-                written,
-                capacity,
-            });
-        }
-        let frame_type = match c.dw1 & VPU_FRAME_TYPE_MASK {
-            VPU_FRAME_TYPE_SKIPPED => FrameType::Skipped,
-            VPU_FRAME_TYPE_IDR => FrameType::Idr,
-            VPU_FRAME_TYPE_I => FrameType::I,
-            VPU_FRAME_TYPE_P => FrameType::P,
-            VPU_FRAME_TYPE_B => FrameType::B,
-            other => return Err(self.bad_completion(id.0, format!("unknown frame type {other}"))),
-        };
-        let input_lag = (c.dw1 >> VPU_ENCODED_INPUT_LAG_SHIFT) as u16;
-        let out_pts = if input_lag == 0 {
-            pts
-        } else {
-            let target = seq.checked_sub(u64::from(input_lag));
+        let report = check_encoded(c, capacity, seq, pts, |n| {
             let h = lock(&state.history);
-            match target.and_then(|t| h.pts.iter().find(|(s, _)| *s == t)) {
-                Some((_, p)) => *p,
-                None => {
-                    drop(h);
-                    return Err(
-                        self.bad_completion(id.0, format!("input lag {input_lag} names no input"))
-                    );
-                }
+            h.pts.iter().find(|(s, _)| *s == n).map(|(_, p)| *p)
+        });
+        let report = match report {
+            Ok(r) => r,
+            Err(BadEncoded::ByteCount { written, capacity }) => {
+                bump(&self.metrics.bad_completions, 1);
+                tracing::warn!(card = %self.device, session = id.0, written, capacity,
+                    "completion claims more bytes than the output buffer holds");
+                return Err(CardError::BadByteCount {
+                    device: self.device.clone(),
+                    session: id.0,
+                    written,
+                    capacity,
+                });
             }
+            Err(other) => return Err(self.bad_completion(id.0, other.to_string())),
         };
+        let written = report.written;
         let mut data = vec![0u8; written as usize];
         out.read(0, &mut data);
         bump(&self.metrics.frames, 1);
         bump(&self.metrics.bytes, u64::from(written));
         Ok(Packet {
             data,
-            pts: out_pts,
-            keyframe: c.dw1 & VPU_ENCODED_KEYFRAME != 0,
-            frame_type,
-            input_lag,
+            pts: report.pts,
+            keyframe: report.keyframe,
+            frame_type: report.frame_type,
+            input_lag: report.input_lag,
         })
     }
 }

@@ -11,6 +11,8 @@
 
 mod device;
 mod encode;
+#[doc(hidden)]
+pub mod encoded;
 mod error;
 mod identity;
 mod logs;

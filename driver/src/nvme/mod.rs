@@ -18,6 +18,8 @@
 mod command;
 mod controller;
 mod error;
+#[doc(hidden)]
+pub mod hostile;
 mod lifecycle;
 mod metrics;
 mod prp;

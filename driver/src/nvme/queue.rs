@@ -461,8 +461,8 @@ impl QueuePair {
         }
     }
 
-    /// Writes raw bytes into this queue's completion memory, as a device would.
-    #[cfg(test)]
+    /// Writes raw bytes into this queue's completion memory, as a device would (unit tests
+    /// and [`super::hostile`]).
     pub(crate) fn device_post(&self, slot: u16, cqe: &[u8; VPU_CQE_SIZE as usize]) {
         self.cq
             .write(usize::from(slot) * VPU_CQE_SIZE as usize, cqe);
