@@ -108,6 +108,13 @@ impl DataChannel {
             .send(&register.encode(), Some(pool.fd()))
             .await
             .map_err(|e| io_error(&name, "register-buffer", e))?;
+        tracing::debug!(
+            session = %name,
+            window = hello.window,
+            frame_size = hello.frame_size,
+            pool_bytes = pool.len(),
+            "data channel open, frame pool registered"
+        );
         Ok(DataChannel {
             name,
             channel,
@@ -319,6 +326,7 @@ impl DataChannel {
                 return Err(self.protocol("a second hello record".into()));
             }
             DaemonRecord::Error { code, message } => {
+                tracing::debug!(session = %self.name, code, %message, "the daemon ended the session");
                 return Err(session_failed(&self.name, code, message));
             }
         }

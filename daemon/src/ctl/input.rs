@@ -116,10 +116,12 @@ impl Input {
         })
     }
 
+    /// Frame width in pixels.
     pub fn width(&self) -> u32 {
         self.width
     }
 
+    /// Frame height in pixels.
     pub fn height(&self) -> u32 {
         self.height
     }

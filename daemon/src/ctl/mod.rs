@@ -23,8 +23,7 @@ pub mod table;
 
 pub use annexb::{is_idr, nal_type, nal_units};
 pub use cli::{Cli, Command};
-pub use error::CtlError;
-pub use private::error_chain;
+pub use error::{error_chain, CtlError};
 
 use crate::client::Client;
 use private::PrivateDaemon;

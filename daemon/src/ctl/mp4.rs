@@ -13,12 +13,16 @@ use super::annexb::{nal_type, nal_units, NAL_AUD, NAL_IDR, NAL_PPS, NAL_SPS};
 /// Errors of the MP4 muxer.
 #[derive(Debug, thiserror::Error)]
 pub enum Mp4Error {
+    /// The output could not be written.
     #[error("writing the mp4 file failed")]
     Write(#[source] io::Error),
+    /// No SPS/PPS reached the muxer, so the track cannot be described.
     #[error("the stream has no sequence/picture parameter sets (SPS/PPS); cannot write avcC")]
     MissingParameterSets,
+    /// A zero numerator or denominator, or one too large for the timescale.
     #[error("invalid frame rate {num}/{den}")]
     FrameRate { num: u32, den: u32 },
+    /// A frame larger than 4 GiB.
     #[error("a sample of {0} bytes does not fit in an mp4 sample")]
     SampleTooLarge(usize),
 }

@@ -1,7 +1,7 @@
 //! `--emulate N`: a private bus with a daemon and N emulated cards inside this process, for
 //! the length of one command.
 
-use super::CtlError;
+use super::{error_chain, CtlError};
 use crate::client::Client;
 use crate::config::Config;
 use crate::service::Embedded;
@@ -47,20 +47,4 @@ impl PrivateDaemon {
                 what: format!("stopping it failed: {}", error_chain(&e)),
             })
     }
-}
-
-/// An error and its sources on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        let text = inner.to_string();
-        // Some errors repeat their source's text in their own message.
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = inner.source();
-    }
-    s
 }
