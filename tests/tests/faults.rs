@@ -19,7 +19,8 @@ use zbus::{OwnedObjectPath, OwnedVariant, Variant};
 fn config() -> Config {
     let mut c = Config::default();
     c.timeouts.command_ms = 500;
-    c.scheduler.load_sample_interval_ms = 100;
+    // No engine-log reads: the injected fault meets the session's own commands.
+    c.scheduler.load_sample_interval_ms = 60_000;
     c.scheduler.measured_load_weight = 0.0;
     c
 }

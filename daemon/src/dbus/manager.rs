@@ -5,8 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use zbus::message::Header;
-use zbus::names::BusName;
-use zbus::{Connection, OwnedObjectPath, OwnedVariant};
+use zbus::{OwnedObjectPath, OwnedVariant};
 
 use super::access::caller;
 use super::error::VpudError;
@@ -30,6 +29,7 @@ impl From<SessionError> for VpudError {
             SessionError::CardFailed { .. } => VpudError::CardFailed(msg),
             SessionError::Channel(_) | SessionError::Bus(_) => VpudError::CardFailed(msg),
             SessionError::ShuttingDown => VpudError::NoCapacity(msg),
+            SessionError::OwnerGone { .. } => VpudError::AccessDenied(msg),
         }
     }
 }
@@ -41,25 +41,12 @@ impl ManagerIface {
     async fn create_session(
         &self,
         #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
         params: HashMap<String, OwnedVariant>,
     ) -> Result<(OwnedObjectPath, zbus::OwnedFd), VpudError> {
         counted(&self.daemon, async {
             let owner = caller(&header)?;
             let req = params::session_request(&params)?;
             let created = session::create(&self.daemon, &owner, req).await?;
-            // The caller may have left between its call and now; then nobody would ever
-            // close the session.
-            let dbus = zbus::fdo::DBusProxy::new(conn).await?;
-            let present = dbus
-                .name_has_owner(BusName::try_from(owner.as_str())?)
-                .await
-                .unwrap_or(false);
-            if !present {
-                if let Some(s) = self.daemon.session(created.id) {
-                    s.request_close(None, "the owner left the bus");
-                }
-            }
             Ok((created.path, zbus::OwnedFd::from(created.channel)))
         })
         .await

@@ -1,15 +1,23 @@
 //! Publishing changes: objects added and removed, and `PropertiesChanged` for the
-//! properties that change. Failures to signal are logged and counted; they never fail
-//! the operation that caused them.
+//! properties that change, one signal per object carrying every property that changed
+//! (values read from the daemon's state, not through the interface objects). Failures to
+//! signal are logged and counted; they never fail the operation that caused them.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use zbus::object_server::InterfaceRef;
+use zbus::names::InterfaceName;
+use zbus::object_server::SignalEmitter;
+use zbus::{ObjectPath, Variant};
 
-use super::card::CardIface;
-use super::manager::ManagerIface;
 use super::session::SessionIface;
-use crate::service::state::{Daemon, SessionEntry, ROOT_PATH};
+use crate::service::state::{lock, Daemon, SessionEntry, ROOT_PATH};
+
+const MANAGER: &str = "org.vpud.Vpud1.Manager";
+const CARD: &str = "org.vpud.Vpud1.Card";
+const SESSION: &str = "org.vpud.Vpud1.Session";
 
 fn log_err(daemon: &Daemon, what: &str, r: zbus::Result<()>) {
     if let Err(e) = r {
@@ -18,77 +26,91 @@ fn log_err(daemon: &Daemon, what: &str, r: zbus::Result<()>) {
     }
 }
 
-async fn manager(daemon: &Daemon) -> Option<InterfaceRef<ManagerIface>> {
-    let conn = daemon.connection()?;
-    conn.object_server()
-        .interface::<_, ManagerIface>(ROOT_PATH)
+/// One `PropertiesChanged` signal for `interface` at `path`.
+async fn changed(
+    daemon: &Daemon,
+    path: &str,
+    interface: &'static str,
+    props: HashMap<&str, Variant<'_>>,
+) {
+    let Some(conn) = daemon.connection() else {
+        return;
+    };
+    let r = async {
+        let emitter = SignalEmitter::new(conn, path)?;
+        zbus::fdo::Properties::properties_changed(
+            &emitter,
+            InterfaceName::from_static_str_unchecked(interface),
+            props,
+            Cow::Borrowed(&[]),
+        )
         .await
-        .ok()
-}
-
-async fn card_ref(daemon: &Daemon, card: usize) -> Option<InterfaceRef<CardIface>> {
-    let conn = daemon.connection()?;
-    let path = daemon.cards.get(card)?.path.clone();
-    conn.object_server()
-        .interface::<_, CardIface>(path)
-        .await
-        .ok()
-}
-
-/// Manager.Load and Manager.Capacity.
-pub async fn manager_load(daemon: &Daemon) {
-    if let Some(m) = manager(daemon).await {
-        let iface = m.get().await;
-        log_err(
-            daemon,
-            "Manager.Load",
-            iface.load_changed(m.signal_emitter()).await,
-        );
-        log_err(
-            daemon,
-            "Manager.Capacity",
-            iface.capacity_changed(m.signal_emitter()).await,
-        );
     }
+    .await;
+    log_err(daemon, interface, r);
 }
 
-/// Card.Load and Card.ActiveSessions of one card, and the Manager's load.
+/// Manager.Sessions, Load and Capacity.
+pub async fn manager(daemon: &Daemon) {
+    let (load, capacity) = {
+        let s = lock(&daemon.sched);
+        (s.total_load(), s.total_capacity())
+    };
+    let sessions: Vec<ObjectPath<'static>> = daemon
+        .session_paths()
+        .into_iter()
+        .map(|p| p.into_inner())
+        .collect();
+    let mut props = HashMap::new();
+    props.insert("Sessions", Variant::from(sessions));
+    props.insert("Load", Variant::U64(load));
+    props.insert("Capacity", Variant::U64(capacity));
+    changed(daemon, ROOT_PATH, MANAGER, props).await;
+}
+
+/// Card.Load and Card.ActiveSessions of one card, and the Manager's figures.
 pub async fn card_load(daemon: &Daemon, card: usize) {
-    if let Some(c) = card_ref(daemon, card).await {
-        let iface = c.get().await;
-        log_err(
-            daemon,
-            "Card.Load",
-            iface.load_changed(c.signal_emitter()).await,
-        );
-        log_err(
-            daemon,
-            "Card.ActiveSessions",
-            iface.active_sessions_changed(c.signal_emitter()).await,
-        );
+    if let Some(c) = daemon.cards.get(card) {
+        let (load, sessions) = {
+            let s = lock(&daemon.sched);
+            (s.card_load(card), s.card_sessions(card))
+        };
+        let mut props = HashMap::new();
+        props.insert("Load", Variant::U64(load));
+        props.insert("ActiveSessions", Variant::U32(sessions));
+        changed(daemon, c.path.as_str(), CARD, props).await;
     }
-    manager_load(daemon).await;
+    manager(daemon).await;
 }
 
-/// Card.State and Card.Errors, and the Manager's capacity.
+/// Card.Errors.
+pub async fn card_errors(daemon: &Daemon, card: usize) {
+    if let Some(c) = daemon.cards.get(card) {
+        let mut props = HashMap::new();
+        props.insert("Errors", Variant::U64(c.errors.load(Ordering::Relaxed)));
+        changed(daemon, c.path.as_str(), CARD, props).await;
+    }
+}
+
+/// Card.State, Load, ActiveSessions and Errors, and the Manager's figures.
 pub async fn card_state(daemon: &Daemon, card: usize) {
-    if let Some(c) = card_ref(daemon, card).await {
-        let iface = c.get().await;
-        log_err(
-            daemon,
-            "Card.State",
-            iface.state_changed(c.signal_emitter()).await,
-        );
-        log_err(
-            daemon,
-            "Card.Errors",
-            iface.errors_changed(c.signal_emitter()).await,
-        );
+    if let Some(c) = daemon.cards.get(card) {
+        let (load, sessions) = {
+            let s = lock(&daemon.sched);
+            (s.card_load(card), s.card_sessions(card))
+        };
+        let mut props = HashMap::new();
+        props.insert("State", Variant::from(daemon.card_state(card).as_str()));
+        props.insert("Errors", Variant::U64(c.errors.load(Ordering::Relaxed)));
+        props.insert("Load", Variant::U64(load));
+        props.insert("ActiveSessions", Variant::U32(sessions));
+        changed(daemon, c.path.as_str(), CARD, props).await;
     }
-    manager_load(daemon).await;
+    manager(daemon).await;
 }
 
-/// Puts a new session on the bus and announces it.
+/// Puts a new session on the bus (`InterfacesAdded`); its card's and the Manager's
+/// figures are announced in the background, off the caller's reply path.
 pub async fn session_added(daemon: &Arc<Daemon>, entry: &Arc<SessionEntry>) -> zbus::Result<()> {
     let Some(conn) = daemon.connection() else {
         return Err(zbus::Error::Failure("the daemon is not on the bus".into()));
@@ -98,50 +120,53 @@ pub async fn session_added(daemon: &Arc<Daemon>, entry: &Arc<SessionEntry>) -> z
         entry: Arc::clone(entry),
     };
     conn.object_server().at(entry.path.clone(), iface).await?;
-    if let Some(m) = manager(daemon).await {
-        let iface = m.get().await;
-        log_err(
-            daemon,
-            "Manager.Sessions",
-            iface.sessions_changed(m.signal_emitter()).await,
-        );
-    }
-    card_load(daemon, entry.card_index()).await;
+    let d = Arc::clone(daemon);
+    let card = entry.card_index();
+    tokio::spawn(async move { card_load(&d, card).await });
     Ok(())
 }
 
 /// Session counters (FramesIn, FramesOut, BytesOut, Keyframes).
 pub async fn session_counters(daemon: &Daemon, entry: &SessionEntry) {
-    let Some(conn) = daemon.connection() else {
-        return;
-    };
-    let Ok(s) = conn
-        .object_server()
-        .interface::<_, SessionIface>(entry.path.clone())
-        .await
-    else {
-        return;
-    };
-    let iface = s.get().await;
-    let e = s.signal_emitter();
-    log_err(daemon, "Session.FramesIn", iface.frames_in_changed(e).await);
-    log_err(
-        daemon,
-        "Session.FramesOut",
-        iface.frames_out_changed(e).await,
+    let c = &entry.counters;
+    let mut props = HashMap::new();
+    props.insert(
+        "FramesIn",
+        Variant::U64(c.frames_in.load(Ordering::Relaxed)),
     );
-    log_err(daemon, "Session.BytesOut", iface.bytes_out_changed(e).await);
-    log_err(
-        daemon,
-        "Session.Keyframes",
-        iface.keyframes_changed(e).await,
+    props.insert(
+        "FramesOut",
+        Variant::U64(c.frames_out.load(Ordering::Relaxed)),
     );
+    props.insert(
+        "BytesOut",
+        Variant::U64(c.bytes_out.load(Ordering::Relaxed)),
+    );
+    props.insert(
+        "Keyframes",
+        Variant::U64(c.keyframes.load(Ordering::Relaxed)),
+    );
+    changed(daemon, entry.path.as_str(), SESSION, props).await;
 }
 
-/// Announces the end of a session (`State` "closed", `Closed(reason)`) and removes its
-/// object.
+/// Session.State (running, migrating).
+pub async fn session_state(daemon: &Daemon, entry: &SessionEntry) {
+    let state = if entry.closed.load(Ordering::Acquire) {
+        "closed"
+    } else if entry.migrating.load(Ordering::Acquire) {
+        "migrating"
+    } else {
+        "running"
+    };
+    let mut props = HashMap::new();
+    props.insert("State", Variant::from(state));
+    changed(daemon, entry.path.as_str(), SESSION, props).await;
+}
+
+/// Announces the end of a session (`Closed(reason)`) and removes its object
+/// (`InterfacesRemoved`). The card's and the Manager's figures follow in the background.
 pub async fn session_removed(
-    daemon: &Daemon,
+    daemon: &Arc<Daemon>,
     entry: &SessionEntry,
     reason: &str,
     card: Option<usize>,
@@ -149,85 +174,45 @@ pub async fn session_removed(
     let Some(conn) = daemon.connection() else {
         return;
     };
-    let server = conn.object_server();
-    if let Ok(s) = server
-        .interface::<_, SessionIface>(entry.path.clone())
-        .await
-    {
-        let e = s.signal_emitter();
-        {
-            let iface = s.get().await;
-            log_err(
-                daemon,
-                "Session.FramesOut",
-                iface.frames_out_changed(e).await,
-            );
-            log_err(daemon, "Session.State", iface.state_changed(e).await);
-        }
-        log_err(
+    match SignalEmitter::new(conn, entry.path.as_str()) {
+        Ok(e) => log_err(
             daemon,
             "Session.Closed",
-            SessionIface::closed(e, reason).await,
-        );
+            SessionIface::closed(&e, reason).await,
+        ),
+        Err(e) => log_err(daemon, "Session.Closed", Err(e)),
     }
-    if let Err(e) = server.remove::<SessionIface, _>(entry.path.clone()).await {
+    if let Err(e) = conn
+        .object_server()
+        .remove::<SessionIface, _>(entry.path.clone())
+        .await
+    {
         daemon.metrics.error("dbus.remove-object");
         tracing::warn!(error = %e, session = entry.id, "removing the session object failed");
     }
-    if let Some(m) = manager(daemon).await {
-        let iface = m.get().await;
-        log_err(
-            daemon,
-            "Manager.Sessions",
-            iface.sessions_changed(m.signal_emitter()).await,
-        );
-    }
-    if let Some(card) = card {
-        card_load(daemon, card).await;
-    }
+    let d = Arc::clone(daemon);
+    tokio::spawn(async move {
+        match card {
+            Some(card) => card_load(&d, card).await,
+            None => manager(&d).await,
+        }
+    });
 }
 
 /// Announces that a session moved (`Migrated`, `Card` changed) and the two cards' loads.
 pub async fn session_migrated(daemon: &Daemon, entry: &SessionEntry, from: usize, to: usize) {
-    if let Some(conn) = daemon.connection() {
-        if let Ok(s) = conn
-            .object_server()
-            .interface::<_, SessionIface>(entry.path.clone())
-            .await
-        {
-            let e = s.signal_emitter();
-            {
-                let iface = s.get().await;
-                log_err(daemon, "Session.Card", iface.card_changed(e).await);
-            }
-            if let (Some(f), Some(t)) = (daemon.cards.get(from), daemon.cards.get(to)) {
-                log_err(
-                    daemon,
-                    "Session.Migrated",
-                    SessionIface::migrated(e, f.path.as_ref(), t.path.as_ref()).await,
-                );
-            }
+    if let (Some(f), Some(t)) = (daemon.cards.get(from), daemon.cards.get(to)) {
+        let mut props = HashMap::new();
+        props.insert("Card", Variant::ObjectPath(t.path.as_ref()));
+        changed(daemon, entry.path.as_str(), SESSION, props).await;
+        if let Some(conn) = daemon.connection() {
+            let r = match SignalEmitter::new(conn, entry.path.as_str()) {
+                Ok(e) => SessionIface::migrated(&e, f.path.as_ref(), t.path.as_ref()).await,
+                Err(e) => Err(e),
+            };
+            log_err(daemon, "Session.Migrated", r);
         }
     }
     card_load(daemon, from).await;
     card_load(daemon, to).await;
-}
-
-/// Session.State (running, migrating, closed).
-pub async fn session_state(daemon: &Daemon, entry: &SessionEntry) {
-    let Some(conn) = daemon.connection() else {
-        return;
-    };
-    if let Ok(s) = conn
-        .object_server()
-        .interface::<_, SessionIface>(entry.path.clone())
-        .await
-    {
-        let iface = s.get().await;
-        log_err(
-            daemon,
-            "Session.State",
-            iface.state_changed(s.signal_emitter()).await,
-        );
-    }
 }

@@ -3,6 +3,7 @@
 //! and the one place every session ends ([`finish`]).
 
 pub mod buffers;
+mod migrate;
 pub mod worker;
 
 use std::str::FromStr;
@@ -45,6 +46,8 @@ pub enum SessionError {
     Bus(#[from] zbus::Error),
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    #[error("{owner} left the bus")]
+    OwnerGone { owner: String },
 }
 
 /// A new session: its object path and the client's end of its data channel.
@@ -194,7 +197,11 @@ pub async fn create(
         finished,
         finished_tx: Mutex::new(Some(finished_tx)),
     });
-    lock(&daemon.sessions).insert(id, Arc::clone(&entry));
+    if !daemon.insert_session(Arc::clone(&entry)) {
+        return Err(cleanup_card_session(SessionError::OwnerGone {
+            owner: owner.to_owned(),
+        }));
+    }
     Metrics::add(&daemon.metrics.sessions_created, 1);
     if let Err(e) = crate::dbus::signals::session_added(daemon, &entry).await {
         lock(&daemon.sessions).remove(&id);

@@ -23,29 +23,30 @@ use crate::channel::proto::{
 use crate::channel::socket::SeqPacket;
 use crate::metrics::Metrics;
 use crate::scheduler::CardState;
-use crate::service::state::{lock, CardEntry, CloseRequest, Control, Daemon, SessionEntry};
+use crate::service::state::{CardEntry, CloseRequest, Control, Daemon, SessionEntry};
 
 /// How often a session's counters are published as property changes.
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
 /// How long the final `ERROR` record may wait for a client that does not read.
 const FINAL_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
-type Encode = Pin<Box<dyn Future<Output = (u32, u64, Result<Packet, CardError>)> + Send>>;
+pub(super) type Encode =
+    Pin<Box<dyn Future<Output = (u32, u64, Result<Packet, CardError>)> + Send>>;
 
 /// Why the session ended.
 #[derive(Debug)]
-struct Ending {
+pub(super) struct Ending {
     /// `ERROR` code for the client; `None` for a normal end.
-    code: Option<ErrorCode>,
-    reason: String,
+    pub(super) code: Option<ErrorCode>,
+    pub(super) reason: String,
     /// The card failed: its session is not destroyed (the card is being reset).
-    card_fault: bool,
+    pub(super) card_fault: bool,
     /// The client is gone or not reading: no final record.
-    client_gone: bool,
+    pub(super) client_gone: bool,
 }
 
 impl Ending {
-    fn error(code: ErrorCode, reason: impl Into<String>) -> Ending {
+    pub(super) fn error(code: ErrorCode, reason: impl Into<String>) -> Ending {
         Ending {
             code: Some(code),
             reason: reason.into(),
@@ -96,9 +97,9 @@ pub struct Worker {
 
 /// Frames sent to the card, in order, with their encodes.
 #[derive(Default)]
-struct InFlight {
-    encodes: FuturesOrdered<Encode>,
-    frames: VecDeque<FrameRef>,
+pub(super) struct InFlight {
+    pub(super) encodes: FuturesOrdered<Encode>,
+    pub(super) frames: VecDeque<FrameRef>,
 }
 
 impl std::fmt::Debug for InFlight {
@@ -110,7 +111,7 @@ impl std::fmt::Debug for InFlight {
 }
 
 impl InFlight {
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.frames.len()
     }
     fn is_empty(&self) -> bool {
@@ -287,7 +288,7 @@ impl Worker {
 
     /// Starts encoding a frame. The encode future is polled once here, so that frames
     /// reach the card's queue in the order they arrived.
-    fn submit(
+    pub(super) fn submit(
         &mut self,
         buffers: &mut Buffers,
         inflight: &mut InFlight,
@@ -342,113 +343,6 @@ impl Worker {
         )
     }
 
-    /// Moves the session to another card: a new reservation and card session, the
-    /// client's buffers mapped for the new card, the frames in flight resubmitted in order
-    /// with the first forced to a keyframe, and `Migrated` announced. Every frame still
-    /// yields exactly one packet. Without a card to go to, the session ends with
-    /// `card-failed`.
-    async fn migrate(
-        &mut self,
-        reason: &str,
-        buffers: &mut Buffers,
-        inflight: &mut InFlight,
-    ) -> Result<(), Ending> {
-        let from = Arc::clone(&self.card);
-        let old_sid = self.sid;
-        // What the failed card holds is abandoned; its reset cleans up.
-        inflight.encodes = FuturesOrdered::new();
-        let frames: Vec<FrameRef> = inflight.frames.drain(..).collect();
-        for f in &frames {
-            buffers.release(f.buffer_id);
-        }
-        let cfg = lock(&self.entry.config).clone();
-        let demand = lock(&self.entry.demand).clone();
-        self.entry.migrating.store(true, Ordering::Release);
-        crate::dbus::signals::session_state(&self.daemon, &self.entry).await;
-        let result = self
-            .move_to_another_card(
-                reason, buffers, inflight, from, old_sid, frames, cfg, demand,
-            )
-            .await;
-        self.entry.migrating.store(false, Ordering::Release);
-        crate::dbus::signals::session_state(&self.daemon, &self.entry).await;
-        result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn move_to_another_card(
-        &mut self,
-        reason: &str,
-        buffers: &mut Buffers,
-        inflight: &mut InFlight,
-        from: Arc<CardEntry>,
-        old_sid: vpu_driver::card::SessionId,
-        frames: Vec<FrameRef>,
-        cfg: vpu_driver::card::SessionConfig,
-        demand: crate::scheduler::Demand,
-    ) -> Result<(), Ending> {
-        let failed = |why: String| Ending {
-            card_fault: true,
-            ..Ending::error(
-                ErrorCode::CardFailed,
-                format!("{reason}; the session could not move to another card: {why}"),
-            )
-        };
-        let mut exclude = vec![from.index];
-        let (to, sid) = loop {
-            let placement = {
-                let mut s = lock(&self.daemon.sched);
-                s.release(self.entry.id);
-                s.place(self.entry.id, &self.entry.owner, &demand, None, &exclude)
-            };
-            let placement = placement.map_err(|e| failed(e.to_string()))?;
-            let card = Arc::clone(&self.daemon.cards[placement.card]);
-            let created = match cfg.validate(card.card.identity()) {
-                Ok(()) => card.card.create_session(&cfg).await,
-                Err(e) => Err(e),
-            };
-            match created {
-                Ok(sid) => break (card, sid),
-                Err(e) => {
-                    tracing::warn!(card = %card.name, error = %e, "card refused the moving session");
-                    lock(&self.daemon.sched).release(self.entry.id);
-                    exclude.push(card.index);
-                }
-            }
-        };
-        if let Err(e) = buffers.remap(&to.card) {
-            let c = Arc::clone(&to.card);
-            tokio::spawn(async move { c.destroy_session(sid).await });
-            return Err(failed(e.to_string()));
-        }
-        let old = Arc::clone(&from.card);
-        let timeout = self.daemon.config.timeouts.command();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(timeout, old.destroy_session(old_sid)).await;
-        });
-        self.card = Arc::clone(&to);
-        self.sid = sid;
-        self.entry.card.store(to.index, Ordering::Release);
-        self.entry.card_session.store(sid.0, Ordering::Release);
-        if frames.is_empty() {
-            self.entry.force_keyframe.store(true, Ordering::Release);
-        }
-        for (i, f) in frames.into_iter().enumerate() {
-            let mut frame = f;
-            if i == 0 {
-                frame.flags |= crate::channel::proto::FRAME_FORCE_KEYFRAME;
-            }
-            // The range was checked when the frame first arrived and buffers do not shrink.
-            self.submit(buffers, inflight, frame, true)
-                .map_err(|m| failed(format!("resubmitting: {m}")))?;
-        }
-        Metrics::add(&self.daemon.metrics.sessions_migrated, 1);
-        tracing::warn!(from = %from.name, to = %to.name, resubmitted = inflight.len(), "session moved");
-        crate::dbus::signals::session_migrated(&self.daemon, &self.entry, from.index, to.index)
-            .await;
-        Ok(())
-    }
-
     /// Sends a finished frame's records.
     async fn complete(
         &mut self,
@@ -474,6 +368,7 @@ impl Worker {
                 }
                 self.card.errors.fetch_add(1, Ordering::Relaxed);
                 self.daemon.metrics.error("card.encode");
+                crate::dbus::signals::card_errors(&self.daemon, self.card.index).await;
                 return Err(Flow::End(Ending::error(
                     ErrorCode::EncodeFailed,
                     format!("frame pts {pts}: {e}"),

@@ -1,0 +1,173 @@
+//! Shared pieces of vpud's benchmarks: a `vpud` process on a private bus, clips, the
+//! direct-openh264 baseline (configured as the emulated card's engines configure it), and
+//! percentiles.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use openh264::encoder::{
+    BitRate, Encoder, EncoderConfig, FrameRate, IntraFramePeriod, Profile, RateControlMode,
+    UsageType,
+};
+use openh264::formats::YUVSlices;
+use openh264::OpenH264API;
+use vpu_driver::media::{TestPattern, Y4mHeader, Y4mReader, Y4mWriter};
+use vpud::bus::PrivateBus;
+use vpud::client::Client;
+
+/// A `vpud` process serving on a private bus of its own.
+pub struct VpudProcess {
+    child: Child,
+    bus: PrivateBus,
+}
+
+impl VpudProcess {
+    /// Starts a private bus and `vpud --bus ADDRESS --emulate cards`; returns once vpud
+    /// answers on the bus.
+    pub async fn start(cards: u32) -> VpudProcess {
+        let bus = PrivateBus::start().expect("a private dbus-daemon (package dbus)");
+        let child = Command::new(env!("CARGO_BIN_EXE_vpud"))
+            .args(["--bus", bus.address(), "--emulate", &cards.to_string()])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("vpud starts");
+        let start = Instant::now();
+        loop {
+            if Client::connect(Some(bus.address())).await.is_ok() {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "vpud did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        VpudProcess { child, bus }
+    }
+
+    pub fn address(&self) -> &str {
+        self.bus.address()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size of the vpud process, KiB (`VmRSS` of /proc/PID/status).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+}
+
+impl Drop for VpudProcess {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `frames` frames of the moving test pattern as Y4M.
+pub fn write_clip(path: &Path, width: u32, height: u32, fps: u32, frames: u64) {
+    let header = Y4mHeader::new(width, height, fps, 1);
+    let mut w = Y4mWriter::new(BufWriter::new(File::create(path).unwrap()), &header).unwrap();
+    let pattern = TestPattern::new(width, height);
+    let mut frame = vec![0u8; pattern.frame_size()];
+    for n in 0..frames {
+        pattern.fill(n, &mut frame);
+        w.write_frame(&frame).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+/// An openh264 encoder set up as the emulated card's engine sets one up for a CBR session.
+pub fn baseline_encoder(bitrate: u32, fps: u32, gop: u32) -> Encoder {
+    let config = EncoderConfig::new()
+        .skip_frames(false)
+        .usage_type(UsageType::CameraVideoRealTime)
+        .max_frame_rate(FrameRate::from_hz(fps as f32))
+        .intra_frame_period(IntraFramePeriod::from_num_frames(gop))
+        .num_threads(1)
+        .profile(Profile::Baseline)
+        .rate_control_mode(RateControlMode::Bitrate)
+        .bitrate(BitRate::from_bps(bitrate));
+    Encoder::with_api_config(OpenH264API::from_source(), config).unwrap()
+}
+
+/// Encodes one I420 frame with `enc`, appending Annex-B to `out`.
+pub fn encode_i420(
+    enc: &mut Encoder,
+    frame: &[u8],
+    width: usize,
+    height: usize,
+    out: &mut Vec<u8>,
+) {
+    let (y, uv) = frame.split_at(width * height);
+    let (u, v) = uv.split_at(width / 2 * height / 2);
+    let yuv = YUVSlices::new((y, u, v), (width, height), (width, width / 2, width / 2));
+    enc.encode(&yuv).unwrap().write_vec(out);
+}
+
+/// The direct path `vpuctl encode` is compared with: read the Y4M, encode with openh264
+/// in this process, write Annex-B. Returns (frames, seconds).
+pub fn direct_encode_file(input: &Path, output: &Path, bitrate: u32, gop: u32) -> (u64, f64) {
+    let start = Instant::now();
+    let mut reader = Y4mReader::new(BufReader::new(File::open(input).unwrap())).unwrap();
+    let h = reader.header().clone();
+    let mut enc = baseline_encoder(bitrate, h.fps_num / h.fps_den.max(1), gop);
+    let mut out = BufWriter::new(File::create(output).unwrap());
+    let mut frame = Vec::new();
+    let mut packet = Vec::new();
+    let mut frames = 0;
+    while reader.read_frame(&mut frame).unwrap() {
+        packet.clear();
+        encode_i420(
+            &mut enc,
+            &frame,
+            h.width as usize,
+            h.height as usize,
+            &mut packet,
+        );
+        out.write_all(&packet).unwrap();
+        frames += 1;
+    }
+    out.flush().unwrap();
+    (frames, start.elapsed().as_secs_f64())
+}
+
+/// The `p`-th percentile (0–100) of `values` (sorted in place), nearest rank.
+pub fn percentile(values: &mut [f64], p: f64) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+    values[rank.clamp(1, values.len()) - 1]
+}
+
+/// The median of `values`.
+pub fn median(values: &mut [f64]) -> f64 {
+    percentile(values, 50.0)
+}

@@ -1,0 +1,25 @@
+//! `vpuctl`: list vpud's cards and sessions, encode files, run the demo, inject faults.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use vpud::ctl::{error_chain, run, Cli};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("VPUCTL_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vpuctl: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

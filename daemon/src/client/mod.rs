@@ -1,0 +1,21 @@
+//! The client library of vpud, for media services and `vpuctl`.
+//!
+//! [`Client::connect`] finds the daemon (`--bus`, then `VPUD_BUS_ADDRESS`, then the system
+//! bus); [`Client::create_session`] opens an encode session whose frames and packets
+//! travel over the session's data channel ([`Session`]), not over D-Bus. Errors the daemon
+//! replies with are typed ([`ClientError`]).
+
+mod connect;
+mod error;
+mod manager;
+mod params;
+mod pool;
+pub mod proxy;
+mod session;
+
+pub use connect::{BusTarget, BUS_ENV};
+pub use error::{ClientError, Result, ERROR_PREFIX};
+pub use manager::{CardInfo, Client, FaultOptions, ManagerInfo, SessionInfo};
+pub use params::SessionParams;
+pub use pool::FramePool;
+pub use session::{FrameSlot, Packet, Session, SessionCounters};

@@ -1,0 +1,222 @@
+//! `vpuctl demo`: a private bus, N emulated cards, M concurrent sessions of different
+//! sizes and bitrates encoding a moving test pattern into MP4 files, then a table per
+//! session and per card.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::cli::DemoArgs;
+use super::list::{card_index, percent};
+use super::output::Output;
+use super::private::PrivateDaemon;
+use super::table::{bitrate, Table};
+use super::CtlError;
+use vpu_driver::media::TestPattern;
+
+use crate::client::{CardInfo, Client, SessionParams};
+
+/// Frame rate of every demo stream.
+const DEMO_FPS: u32 = 30;
+
+/// The streams the demo cycles through: size and bit rate.
+const PROFILES: [(u32, u32, u32); 5] = [
+    (1280, 720, 3_000_000),
+    (640, 360, 1_000_000),
+    (960, 540, 2_000_000),
+    (320, 240, 500_000),
+    (854, 480, 1_500_000),
+];
+
+/// One session's result.
+#[derive(Debug, Clone)]
+pub struct DemoSession {
+    pub index: u32,
+    pub card: String,
+    pub width: u32,
+    pub height: u32,
+    pub bitrate_target: u32,
+    pub frames: u64,
+    pub keyframes: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub file: PathBuf,
+}
+
+/// What the demo did.
+#[derive(Debug, Clone)]
+pub struct DemoReport {
+    pub out_dir: PathBuf,
+    pub sessions: Vec<DemoSession>,
+    /// Cards as seen while every session was open.
+    pub cards: Vec<CardInfo>,
+    pub seconds: f64,
+}
+
+/// Runs the demo.
+pub async fn demo(args: &DemoArgs) -> Result<DemoReport, CtlError> {
+    let out_dir = prepare_out_dir(args.out.as_deref())?;
+    let daemon = PrivateDaemon::start(args.cards).await?;
+    let result = run_sessions(daemon.client(), args, &out_dir).await;
+    let stopped = daemon.stop().await;
+    let report = result?;
+    stopped?;
+    Ok(report)
+}
+
+async fn run_sessions(
+    client: &Client,
+    args: &DemoArgs,
+    out_dir: &Path,
+) -> Result<DemoReport, CtlError> {
+    let start = Instant::now();
+    // Open every session first, so they run concurrently and the card loads show them all.
+    let mut sessions = Vec::new();
+    for i in 0..args.sessions {
+        let (w, h, bps) = PROFILES[i as usize % PROFILES.len()];
+        let mut params = SessionParams::h264(w, h, DEMO_FPS);
+        params.bitrate = Some(bps);
+        params.gop = Some(DEMO_FPS * 2);
+        let session = client.create_session(&params).await?;
+        let card = client.session_info(session.path()).await?.card;
+        let file = out_dir.join(format!("session{i}-{w}x{h}.mp4"));
+        let output = Output::create(&file, w, h, (DEMO_FPS, 1))?;
+        sessions.push((i, session, card, file, output, (w, h, bps)));
+    }
+    let cards = client.cards().await?;
+
+    let frames = u64::from(args.frames);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, mut session, card, file, mut output, (w, h, bps)) in sessions {
+        tasks.spawn(async move {
+            let started = Instant::now();
+            let pattern = TestPattern::new(w, h);
+            for pts in 0..frames {
+                let mut slot = session.reserve(pts).await?;
+                // Sessions start at different points of the pattern's motion.
+                pattern.fill(pts + u64::from(index) * 17, slot.frame());
+                slot.send(pts, false).await?;
+                for p in session.ready_packets() {
+                    output.write(&p.data)?;
+                }
+            }
+            for p in session.drain().await? {
+                output.write(&p.data)?;
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            output.finish()?;
+            let c = session.counters();
+            let _ = session.close().await;
+            Ok::<_, CtlError>(DemoSession {
+                index,
+                card,
+                width: w,
+                height: h,
+                bitrate_target: bps,
+                frames: c.packets,
+                keyframes: c.keyframes,
+                bytes: c.bytes,
+                seconds,
+                file,
+            })
+        });
+    }
+    let mut done = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let session = joined.map_err(|e| CtlError::Session {
+            session: "demo".into(),
+            what: format!("the session task failed: {e}"),
+        })??;
+        done.push(session);
+    }
+    done.sort_by_key(|s| s.index);
+    Ok(DemoReport {
+        out_dir: out_dir.to_path_buf(),
+        sessions: done,
+        cards,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The demo's tables and where its files are.
+pub fn render(report: &DemoReport) -> String {
+    let mut s = Table::new(&[
+        "session",
+        "card",
+        "size",
+        "frames",
+        "fps",
+        "bitrate",
+        "target",
+        "keyframes",
+        "file",
+    ]);
+    for d in &report.sessions {
+        let duration = d.frames as f64 / f64::from(DEMO_FPS);
+        s.row(vec![
+            d.index.to_string(),
+            card_index(&d.card),
+            format!("{}x{}", d.width, d.height),
+            d.frames.to_string(),
+            format!("{:.1}", d.frames as f64 / d.seconds.max(1e-9)),
+            bitrate(d.bytes as f64 * 8.0 / duration.max(1e-9)),
+            bitrate(f64::from(d.bitrate_target)),
+            d.keyframes.to_string(),
+            d.file
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        ]);
+    }
+    let mut c = Table::new(&["card", "name", "engines", "sessions", "load", "capacity"]);
+    for card in &report.cards {
+        c.row(vec![
+            card_index(&card.path),
+            card.name.clone(),
+            card.engines.to_string(),
+            card.active_sessions.to_string(),
+            percent(card.load, card.capacity),
+            card.capacity.to_string(),
+        ]);
+    }
+    let total: u64 = report.sessions.iter().map(|s| s.frames).sum();
+    format!(
+        "{}\n{}\n{} sessions on {} emulated cards: {} frames in {:.1} s ({:.1} fps together)\noutput files in {}\n",
+        s.render(),
+        c.render(),
+        report.sessions.len(),
+        report.cards.len(),
+        total,
+        report.seconds,
+        total as f64 / report.seconds.max(1e-9),
+        report.out_dir.display()
+    )
+}
+
+/// `--out DIR` (created if missing), or a new `vpud-demo-*` directory in the current
+/// directory, or in the temporary directory when the current one is not writable.
+fn prepare_out_dir(out: Option<&Path>) -> Result<PathBuf, CtlError> {
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir).map_err(|source| CtlError::CreateOutput {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        return Ok(dir.to_path_buf());
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let name = format!("vpud-demo-{stamp}-{}", std::process::id());
+    let here = std::env::current_dir().map(|d| d.join(&name));
+    if let Ok(dir) = here {
+        if std::fs::create_dir(&dir).is_ok() {
+            return Ok(dir);
+        }
+    }
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir(&dir).map_err(|source| CtlError::CreateOutput {
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(dir)
+}

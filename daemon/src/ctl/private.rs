@@ -1,0 +1,66 @@
+//! `--emulate N`: a private bus with a daemon and N emulated cards inside this process, for
+//! the length of one command.
+
+use super::CtlError;
+use crate::client::Client;
+use crate::config::Config;
+use crate::service::Embedded;
+
+/// A private daemon and a client connected to it.
+#[derive(Debug)]
+pub struct PrivateDaemon {
+    embedded: Embedded,
+    client: Client,
+}
+
+impl PrivateDaemon {
+    /// Starts a private bus and a daemon with `cards` emulated cards on it, and connects.
+    pub async fn start(cards: u32) -> Result<PrivateDaemon, CtlError> {
+        let embedded = Embedded::start(cards, Config::default())
+            .await
+            .map_err(|e| CtlError::PrivateDaemon {
+                cards,
+                what: error_chain(&e),
+            })?;
+        let client = Client::connect(Some(embedded.address())).await?;
+        Ok(PrivateDaemon { embedded, client })
+    }
+
+    /// The client connected to the private daemon.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The private bus's address.
+    pub fn address(&self) -> &str {
+        self.embedded.address()
+    }
+
+    /// Stops the daemon and its bus.
+    pub async fn stop(self) -> Result<(), CtlError> {
+        drop(self.client);
+        self.embedded
+            .stop()
+            .await
+            .map_err(|e| CtlError::PrivateDaemon {
+                cards: 0,
+                what: format!("stopping it failed: {}", error_chain(&e)),
+            })
+    }
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        // Some errors repeat their source's text in their own message.
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = inner.source();
+    }
+    s
+}

@@ -1,0 +1,380 @@
+//! `vpuctl` as users run it: the real binary against a private bus and emulated cards.
+//! Outputs are checked by `ffprobe` (codec, size, frame count) and decoded by `ffmpeg`
+//! (Debian package `ffmpeg`); JSON is parsed; bad input must fail cleanly.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use vpu_driver::media::{TestPattern, Y4mHeader, Y4mWriter};
+use vpud::client::{Client, SessionParams};
+use vpud::config::Config;
+use vpud::service::Embedded;
+
+const VPUCTL: &str = env!("CARGO_BIN_EXE_vpuctl");
+
+fn vpuctl(args: &[&str]) -> Output {
+    let out = Command::new(VPUCTL)
+        .args(args)
+        .env_remove("VPUD_BUS_ADDRESS")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "vpuctl panicked: {stderr}");
+    out
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = vpuctl(args);
+    assert!(
+        out.status.success(),
+        "vpuctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a failing command; returns its stderr.
+fn fails(args: &[&str]) -> String {
+    let out = vpuctl(args);
+    assert!(!out.status.success(), "vpuctl {args:?} should have failed");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!stderr.trim().is_empty(), "vpuctl {args:?} failed silently");
+    stderr
+}
+
+fn write_y4m(path: &Path, width: u32, height: u32, frames: u64) {
+    let header = Y4mHeader::new(width, height, 25, 1);
+    let mut w = Y4mWriter::new(BufWriter::new(File::create(path).unwrap()), &header).unwrap();
+    let pattern = TestPattern::new(width, height);
+    for n in 0..frames {
+        w.write_frame(&pattern.frame(n)).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+/// `ffprobe`'s view of the first video stream: codec, width, height, frames decoded.
+fn probe(path: &Path) -> (String, u32, u32, u64) {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args([
+            "-show_entries",
+            "stream=codec_name,width,height,nb_read_frames",
+        ])
+        .args(["-of", "json"])
+        .arg(path)
+        .output()
+        .expect("ffprobe (Debian package ffmpeg) must be installed");
+    assert!(
+        out.status.success(),
+        "ffprobe {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &v["streams"][0];
+    (
+        s["codec_name"].as_str().unwrap().to_string(),
+        s["width"].as_u64().unwrap() as u32,
+        s["height"].as_u64().unwrap() as u32,
+        s["nb_read_frames"].as_str().unwrap().parse().unwrap(),
+    )
+}
+
+/// Decodes the whole file with `ffmpeg`, failing on any decode error.
+fn decodes_cleanly(path: &Path) {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-xerror", "-i"])
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "ffmpeg decode of {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn encode_y4m_to_annexb_and_mp4() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("clip.y4m");
+    write_y4m(&input, 320, 240, 40);
+    for name in ["clip.h264", "clip.mp4"] {
+        let output = dir.path().join(name);
+        let stdout = ok(&[
+            "--emulate",
+            "1",
+            "encode",
+            input.to_str().unwrap(),
+            "-o",
+            output.to_str().unwrap(),
+            "--bitrate",
+            "400k",
+            "--gop",
+            "20",
+        ]);
+        assert!(stdout.contains("40 frames 320x240"), "{stdout}");
+        assert!(stdout.contains("2 keyframes"), "{stdout}");
+        assert_eq!(probe(&output), ("h264".to_string(), 320, 240, 40));
+        decodes_cleanly(&output);
+    }
+}
+
+#[test]
+fn encode_raw_i420_needs_and_uses_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("clip.yuv");
+    let pattern = TestPattern::new(176, 144);
+    let raw: Vec<u8> = (0..12).flat_map(|n| pattern.frame(n)).collect();
+    std::fs::write(&input, raw).unwrap();
+    let output = dir.path().join("clip.mp4");
+    let (i, o) = (input.to_str().unwrap(), output.to_str().unwrap());
+
+    let err = fails(&["--emulate", "1", "encode", i, "-o", o]);
+    assert!(err.contains("--size"), "{err}");
+    let err = fails(&["--emulate", "1", "encode", i, "-o", o, "--size", "160x120"]);
+    assert!(err.contains("whole number"), "{err}");
+
+    ok(&[
+        "--emulate",
+        "1",
+        "encode",
+        i,
+        "-o",
+        o,
+        "--size",
+        "176x144",
+        "--fps",
+        "15",
+    ]);
+    assert_eq!(probe(&output), ("h264".to_string(), 176, 144, 12));
+    decodes_cleanly(&output);
+}
+
+#[test]
+fn demo_writes_playable_files_and_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(&[
+        "demo",
+        "--cards",
+        "2",
+        "--sessions",
+        "3",
+        "--frames",
+        "24",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.contains(&dir.path().display().to_string()), "{out}");
+    let expected = [
+        ("session0-1280x720.mp4", 1280, 720),
+        ("session1-640x360.mp4", 640, 360),
+        ("session2-960x540.mp4", 960, 540),
+    ];
+    for (file, w, h) in expected {
+        let path = dir.path().join(file);
+        assert_eq!(probe(&path), ("h264".to_string(), w, h, 24), "{file}");
+        decodes_cleanly(&path);
+        assert!(out.contains(file), "{out}");
+    }
+    // The per-card table lists both cards, and spread placement used both.
+    let card_rows: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("card"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(card_rows.len(), 2, "{out}");
+    for row in card_rows {
+        let sessions: u32 = row.split_whitespace().nth(3).unwrap().parse().unwrap();
+        assert!(sessions >= 1, "a card without sessions under spread: {out}");
+    }
+}
+
+#[test]
+fn listings_as_json() {
+    let cards: Value = serde_json::from_str(&ok(&["--emulate", "2", "cards", "--json"])).unwrap();
+    let cards = cards.as_array().unwrap();
+    assert_eq!(cards.len(), 2);
+    for (i, c) in cards.iter().enumerate() {
+        assert_eq!(c["path"], format!("/org/vpud/Vpud1/card/{i}"));
+        assert_eq!(c["backend"], "emulated");
+        assert_eq!(c["state"], "online");
+        assert!(c["capacity"].as_u64().unwrap() > 0);
+        assert!(c["codecs"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("h264")));
+    }
+    let status: Value = serde_json::from_str(&ok(&["--emulate", "2", "status", "--json"])).unwrap();
+    assert_eq!(status["daemon"]["cards"], 2);
+    assert_eq!(status["daemon"]["sessions"], 0);
+    assert_eq!(status["cards"].as_array().unwrap().len(), 2);
+    let table = ok(&["--emulate", "2", "cards"]);
+    assert_eq!(table.lines().count(), 3, "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_listing_and_inject_against_a_running_daemon() {
+    let daemon = Embedded::start(2, Config::default()).await.unwrap();
+    let bus = daemon.address().to_string();
+    let client = Client::connect(Some(&bus)).await.unwrap();
+    let mut params = SessionParams::h264(320, 240, 30);
+    params.bitrate = Some(300_000);
+    let mut session = client.create_session(&params).await.unwrap();
+    let pattern = TestPattern::new(320, 240);
+    for n in 0..5 {
+        session
+            .send_frame(&pattern.frame(n), n, false)
+            .await
+            .unwrap();
+    }
+    let packets = session.drain().await.unwrap();
+    assert_eq!(packets.len(), 5);
+    assert!(packets[0].keyframe);
+
+    let mut other = client.create_session(&params).await.unwrap();
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            vpuctl(&refs)
+        })
+    };
+    let out = run(vec![
+        "--bus".into(),
+        bus.clone(),
+        "sessions".into(),
+        "--json".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sessions: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = sessions.as_array().unwrap();
+    assert!(
+        list.iter().any(|s| s["path"] == other.path().as_str()),
+        "{sessions}"
+    );
+    for s in list {
+        assert_eq!(s["width"], 320);
+        assert_eq!(s["codec"], "h264");
+        assert!(s["card"]
+            .as_str()
+            .unwrap()
+            .starts_with("/org/vpud/Vpud1/card/"));
+    }
+
+    // VPUD_BUS_ADDRESS finds the daemon when --bus is not given.
+    let env_out = tokio::task::spawn_blocking({
+        let bus = bus.clone();
+        move || {
+            Command::new(VPUCTL)
+                .args(["status"])
+                .env("VPUD_BUS_ADDRESS", bus)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        env_out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&env_out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&env_out.stdout).contains("2 card(s)"));
+
+    let inject = |kind: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--bus".to_string(),
+            bus.clone(),
+            "inject".into(),
+            "1".into(),
+            kind.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        run(args)
+    };
+    let out = inject("slow-engine", &["--duration-ms", "50"])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("card/1"));
+    let out = inject("melt-down", &[]).await.unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("hang-engine") && err.contains("surprise-removal"),
+        "{err}"
+    );
+    let out = run(vec![
+        "--bus".into(),
+        bus.clone(),
+        "inject".into(),
+        "7".into(),
+        "fatal-status".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no card 7"));
+
+    // The session that was open meanwhile still works.
+    for n in 0..3 {
+        other.send_frame(&pattern.frame(n), n, false).await.unwrap();
+    }
+    assert_eq!(other.drain().await.unwrap().len(), 3);
+    other.close().await.unwrap();
+    session.close().await.unwrap();
+    daemon.stop().await.unwrap();
+}
+
+#[test]
+fn bad_flags_and_inputs_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.h264");
+    let o = out.to_str().unwrap();
+    // Flags clap rejects: exit code 2 with usage.
+    for args in [
+        &["encode", "in.y4m"][..],
+        &["encode", "in.y4m", "-o", o, "--bitrate", "fast"],
+        &["encode", "in.y4m", "-o", o, "--size", "13x7"],
+        &["encode", "in.y4m", "-o", o, "--gop", "0"],
+        &["--emulate", "0", "cards"],
+        &["frobnicate"],
+        &["demo", "--cards", "0"],
+    ] {
+        let res = vpuctl(args);
+        assert_eq!(res.status.code(), Some(2), "{args:?}");
+    }
+    let err = fails(&["encode", "/nonexistent.y4m", "-o", o]);
+    assert!(err.contains("/nonexistent.y4m"), "{err}");
+    let bad = dir.path().join("bad.y4m");
+    std::fs::write(&bad, b"YUV4MPEG2 W320 H240 F25:1 C444\nFRAME\n").unwrap();
+    let err = fails(&["--emulate", "1", "encode", bad.to_str().unwrap(), "-o", o]);
+    assert!(err.contains("444"), "{err}");
+    let err = fails(&["--bus", "unix:path=/nonexistent/bus", "cards"]);
+    assert!(err.contains("/nonexistent/bus"), "{err}");
+    let err = fails(&["--bus", "sytem", "cards"]);
+    assert!(err.contains("system"), "{err}");
+    let err = fails(&["--emulate", "1", "--bus", "session", "cards"]);
+    assert!(err.contains("--emulate"), "{err}");
+    let err = fails(&["demo", "--emulate", "2"]);
+    assert!(err.contains("--cards"), "{err}");
+    assert!(!out.exists());
+}
