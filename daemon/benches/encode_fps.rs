@@ -11,7 +11,7 @@ mod common;
 use std::process::Command;
 use std::time::Instant;
 
-use common::{direct_encode_file, median, write_clip, VpudProcess};
+use common::{direct_encode_file, median, rusage_seconds, write_clip, Usage, VpudProcess};
 
 const WIDTH: u32 = 1280;
 const HEIGHT: u32 = 720;
@@ -34,12 +34,16 @@ async fn main() {
     let mut direct = Vec::new();
     let mut through = Vec::new();
     let mut through_loop = Vec::new();
+    let (mut direct_cpu, mut through_cpu) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
+        let cpu0 = rusage_seconds(Usage::Own);
         let (n, secs) = direct_encode_file(&clip, &dir.path().join("direct.h264"), BITRATE, GOP);
         assert_eq!(n, frames);
         direct.push(n as f64 / secs);
+        direct_cpu.push((rusage_seconds(Usage::Own) - cpu0) * 1e3 / n as f64);
 
         let out = dir.path().join("vpud.h264");
+        let (children0, vpud0) = (rusage_seconds(Usage::Children), vpud.cpu_seconds());
         let start = Instant::now();
         let res = Command::new(env!("CARGO_BIN_EXE_vpuctl"))
             .args(["--bus", vpud.address(), "encode"])
@@ -50,6 +54,8 @@ async fn main() {
             .output()
             .unwrap();
         let wall = start.elapsed().as_secs_f64();
+        let cpu = rusage_seconds(Usage::Children) - children0 + vpud.cpu_seconds() - vpud0;
+        through_cpu.push(cpu * 1e3 / frames as f64);
         assert!(
             res.status.success(),
             "{}",
@@ -70,23 +76,40 @@ async fn main() {
             .unwrap_or(f64::NAN);
         through_loop.push(loop_fps);
     }
+    let size = |name: &str| std::fs::metadata(dir.path().join(name)).map_or(0, |m| m.len());
+    let (direct_bytes, vpud_bytes) = (size("direct.h264"), size("vpud.h264"));
+    let dc = median(&mut direct_cpu);
+    let tc = median(&mut through_cpu);
     let d = median(&mut direct);
     let t = median(&mut through);
     let l = median(&mut through_loop);
     println!("(a) encode {frames} frames {WIDTH}x{HEIGHT}@{FPS}, {BITRATE} b/s, gop {GOP}; median of {ROUNDS} rounds");
-    println!("{:<46} {:>10}", "path", "fps");
-    println!(
-        "{:<46} {:>10.1}",
-        "direct openh264 (read y4m, encode, write)", d
-    );
-    println!(
-        "{:<46} {:>10.1}",
-        "vpuctl encode via vpud (whole command)", t
-    );
-    println!(
-        "{:<46} {:>10.1}",
-        "vpuctl encode via vpud (encode loop only)", l
-    );
+    println!("{:<46} {:>10} {:>14}", "path", "fps", "cpu ms/frame");
+    let rows = [
+        (
+            "direct openh264 (read y4m, encode, write)",
+            d,
+            format!("{dc:.2}"),
+        ),
+        (
+            "vpuctl encode via vpud (whole command)",
+            t,
+            format!("{tc:.2}"),
+        ),
+        (
+            "vpuctl encode via vpud (encode loop only)",
+            l,
+            String::new(),
+        ),
+    ];
+    for (name, fps, cpu) in rows {
+        println!("{name:<46} {fps:>10.1} {cpu:>14}");
+    }
+    println!("output bytes: direct {direct_bytes}, via vpud {vpud_bytes}");
     println!("ratio (whole command) {:.3}  target >= 0.95", t / d);
     println!("ratio (encode loop)   {:.3}", l / d);
+    println!(
+        "cpu per frame, vpud path (vpuctl + vpud) / direct {:.3}",
+        tc / dc
+    );
 }

@@ -17,7 +17,7 @@ use clap::Parser;
 use vpu_driver::card::{Card, CardOptions, FrameInput, FrameType, SessionConfig};
 use vpu_driver::emu::{EmuConfig, EmulatedCard};
 use vpu_driver::io::DeviceIo;
-use vpu_driver::media::Y4mReader;
+use vpu_driver::media::{Interlace, Y4mReader};
 
 /// Encode a 4:2:0 8-bit Y4M file to an H.264 Annex-B file through an emulated VPU card.
 #[derive(Debug, Parser)]
@@ -65,6 +65,15 @@ async fn run(args: Args) -> Result<()> {
             header.width,
             header.height
         );
+    }
+    if header.interlace != Interlace::Progressive {
+        eprintln!(
+            "note: {:?} input is encoded as progressive frames",
+            header.interlace
+        );
+    }
+    if header.is_mono() {
+        eprintln!("note: luma-only input is encoded with neutral chroma");
     }
     if args.bitrate == 0 {
         bail!("--bitrate must be positive");

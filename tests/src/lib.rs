@@ -7,10 +7,12 @@
 //! - [`quality`]: PSNR of decoded frames against their source;
 //! - [`daemon`]: a private bus with vpud on it, zbus and data-channel clients, `gdbus` and
 //!   `busctl`;
+//! - [`load`]: the soak and surge runs of `vpud` as a separate process;
 //! - [`vm`]: the VFIO tier's VM: prerequisites, static guest program, initramfs, QEMU.
 
 pub mod clip;
 pub mod daemon;
 pub mod decode;
+pub mod load;
 pub mod quality;
 pub mod vm;

@@ -11,8 +11,9 @@ use vpu_driver::card::{
     Card, CardError, CardOptions, FrameInput, RateControl, SessionConfig, SessionId, VendorStatus,
 };
 use vpu_driver::emu::{EmuConfig, EmulatedCard, Fault};
-use vpu_driver::io::{DeviceIo, HostRegion};
-use vpu_driver::nvme::NvmeError;
+use vpu_driver::io::{DeviceIo, DeviceIoExt, HostRegion};
+use vpu_driver::nvme::{Command, NvmeError};
+use vpu_ffi::VPU_IO_NOP;
 use vpu_tests::clip::synthetic_clip;
 use vpu_tests::decode::decode_openh264;
 use vpu_tests::quality::mean_psnr;
@@ -105,12 +106,21 @@ async fn a_hung_engine_times_out_is_aborted_and_its_late_completion_discarded() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_interrupt_is_found_when_the_timeout_looks() {
-    let (emu, card) = open(11, Duration::from_millis(200)).await;
+async fn a_lost_interrupt_costs_a_sweep_not_a_command_timeout() {
+    let (emu, card) = open(20, Duration::from_secs(30)).await;
+    let id = card.create_session(&config()).await.unwrap();
     emu.inject(Fault::LostInterrupt { count: 1 }).unwrap();
-    card.nop().await.unwrap();
+    let frame = synthetic_clip(W, H, 1).remove(0);
+    let encoded = tokio::time::timeout(
+        Duration::from_secs(5),
+        card.encode(id, FrameInput::Bytes(&frame), 0, false),
+    )
+    .await
+    .expect("the completion was picked up long before the 30 s command timeout");
+    assert!(!encoded.unwrap().data.is_empty());
     let m = card.nvme_metrics();
     assert_eq!((m.lost_interrupts, m.timeouts), (1, 0));
+    assert_eq!(emu.counters().interrupts_lost, 1);
     card.nop().await.unwrap();
 }
 
@@ -295,6 +305,21 @@ async fn bad_requests_are_typed_rejections_that_leave_the_card_alone() {
         Some(VendorStatus::SessionNotFound),
         "{e}"
     );
+    assert!(!e.is_device_fault());
+    // Transfers over the controller's MDTS are refused before they reach it.
+    let limit = card.controller().max_transfer();
+    assert!(
+        (4 * 1024 * 1024..usize::MAX).contains(&limit),
+        "limit {limit}"
+    );
+    let big = card.device().alloc_dma(limit + 4096).unwrap();
+    let cmd = Command::new(VPU_IO_NOP).data(&big, 0, limit + 4096);
+    let e = card
+        .controller()
+        .io(0, cmd, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, NvmeError::TransferTooLarge { .. }), "{e}");
     assert!(!e.is_device_fault());
     encode_some(&card, id, 2).await;
     let stats = card.session_log(id).await.unwrap();

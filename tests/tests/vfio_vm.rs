@@ -33,6 +33,7 @@ const EXPECTED: &[&str] = &[
     "nvme_controller_reset",
     "nvme_shutdown",
     "nvme_teardown",
+    "vpud_discovery_skips_plain_nvme",
     "bench_4k_read",
 ];
 
@@ -82,7 +83,18 @@ fn vfio_vm() {
     for (name, value, unit) in &run.bench {
         report.push_str(&format!("  BENCH {name}: {value:.2} {unit}\n"));
     }
-    for line in &run.other {
+    // init reports failed module loads and bindings on the console.
+    let init_errors: Vec<&str> = run
+        .console
+        .lines()
+        .filter(|l| l.starts_with("VM-ERROR"))
+        .collect();
+    for line in run
+        .other
+        .iter()
+        .map(String::as_str)
+        .chain(init_errors.iter().copied())
+    {
         report.push_str(&format!("  {line}\n"));
     }
     vm::show(&report);
@@ -95,6 +107,10 @@ fn vfio_vm() {
     if !failed.is_empty() || !run.done {
         vm::show(&format!("---- guest console ----\n{}", run.console));
     }
+    assert!(
+        init_errors.is_empty(),
+        "the VM's init failed: {init_errors:?}"
+    );
     assert!(run.done, "the guest program did not finish");
     assert!(failed.is_empty(), "checks failed or missing: {failed:?}");
     let unexpected: Vec<_> = run

@@ -33,9 +33,9 @@ impl VpudProcess {
         let bus = PrivateBus::start().expect("a private dbus-daemon (package dbus)");
         let child = Command::new(env!("CARGO_BIN_EXE_vpud"))
             .args(["--bus", bus.address(), "--emulate", &cards.to_string()])
-            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .expect("vpud starts");
         let start = Instant::now();
@@ -62,12 +62,27 @@ impl VpudProcess {
 
     /// Resident set size of the vpud process, KiB (`VmRSS` of /proc/PID/status).
     pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS")
+    }
+
+    /// CPU time the vpud process has used so far (user + system), seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the command name (which may contain spaces) start at `state`.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+        ticks / clock_ticks()
+    }
+
+    /// A `… kB` field of /proc/PID/status (`VmRSS`, `RssAnon`, `RssShmem`, …).
+    pub fn status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/PID/status")
+            .unwrap_or_else(|| panic!("{field} in /proc/PID/status"))
     }
 }
 
@@ -170,4 +185,39 @@ pub fn percentile(values: &mut [f64], p: f64) -> f64 {
 /// The median of `values`.
 pub fn median(values: &mut [f64]) -> f64 {
     percentile(values, 50.0)
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf only reads a system constant.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// Whose CPU time [`rusage_seconds`] reads.
+#[derive(Clone, Copy)]
+pub enum Usage {
+    /// This process.
+    Own,
+    /// Its children that have been waited for.
+    Children,
+}
+
+/// CPU time (user + system) of this process, or of its waited-for children, seconds.
+pub fn rusage_seconds(who: Usage) -> f64 {
+    let who = match who {
+        Usage::Own => libc::RUSAGE_SELF,
+        Usage::Children => libc::RUSAGE_CHILDREN,
+    };
+    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one `rusage` into the valid, writable pointer it is given.
+    let rc = unsafe { libc::getrusage(who, u.as_mut_ptr()) };
+    assert_eq!(rc, 0, "getrusage");
+    // SAFETY: zero-initialised and, on success, filled in by getrusage.
+    let u = unsafe { u.assume_init() };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
 }

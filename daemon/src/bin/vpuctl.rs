@@ -1,5 +1,6 @@
 //! `vpuctl`: list vpud's cards and sessions, encode files, run the demo, inject faults.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -13,6 +14,7 @@ async fn main() -> ExitCode {
             EnvFilter::try_from_env("VPUCTL_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     match run(cli).await {

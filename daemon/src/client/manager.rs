@@ -275,6 +275,15 @@ impl Client {
             .map_err(|e| ClientError::from_call("Emulator.FaultKinds", e))
     }
 
+    /// DMA mappings the host holds on an emulated card now (`Emulator.DmaMappings`).
+    pub async fn dma_mappings(&self, card: &OwnedObjectPath) -> Result<u32> {
+        self.emulator_proxy(card)
+            .await?
+            .dma_mappings()
+            .await
+            .map_err(|e| ClientError::from_call("Emulator.DmaMappings", e))
+    }
+
     /// Injects a fault into an emulated card (`Emulator.InjectFault`).
     pub async fn inject_fault(
         &self,

@@ -5,6 +5,7 @@
 //! travel over the session's data channel ([`Session`]), not over D-Bus. Errors the daemon
 //! replies with are typed ([`ClientError`]).
 
+mod channel;
 mod connect;
 mod error;
 mod manager;
@@ -13,9 +14,10 @@ mod pool;
 pub mod proxy;
 mod session;
 
+pub use channel::{DataChannel, FrameSlot, Packet, SessionCounters};
 pub use connect::{BusTarget, BUS_ENV};
 pub use error::{ClientError, Result, ERROR_PREFIX};
 pub use manager::{CardInfo, Client, FaultOptions, ManagerInfo, SessionInfo};
 pub use params::SessionParams;
 pub use pool::FramePool;
-pub use session::{FrameSlot, Packet, Session, SessionCounters};
+pub use session::Session;

@@ -110,6 +110,10 @@ pub trait Emulator {
     /// The fault kinds `InjectFault` accepts.
     #[zbus(property, name = "FaultKinds")]
     fn fault_kinds(&self) -> zbus::Result<Vec<String>>;
+
+    /// DMA mappings the host holds on the card now.
+    #[zbus(property, name = "DmaMappings")]
+    fn dma_mappings(&self) -> zbus::Result<u32>;
 }
 
 /// `org.vpud.Vpud1.Session` at `/org/vpud/Vpud1/session/N`.

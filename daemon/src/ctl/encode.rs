@@ -173,12 +173,17 @@ fn progress_bar(total: Option<u64>) -> ProgressBar {
     }
     let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
     let template = if total.is_some() {
-        "{bar:40.cyan/blue} {pos}/{len} frames  {per_sec}  eta {eta}"
+        "{bar:40.cyan/blue} {pos}/{len} frames  {fps}  eta {eta}"
     } else {
-        "{spinner} {pos} frames  {per_sec}"
+        "{spinner} {pos} frames  {fps}"
     };
     if let Ok(style) = ProgressStyle::with_template(template) {
-        bar.set_style(style);
+        bar.set_style(style.with_key(
+            "fps",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.1} fps", state.per_sec());
+            },
+        ));
     }
     bar
 }

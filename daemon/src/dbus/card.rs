@@ -225,4 +225,11 @@ impl EmulatorIface {
             .map(|s| (*s).to_owned())
             .collect()
     }
+
+    /// DMA mappings the host holds on the card now (queues, frame buffers, output
+    /// buffers): flat over time when sessions come and go without leaking.
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn dma_mappings(&self) -> u32 {
+        u32::try_from(self.emulator.dma_mappings()).unwrap_or(u32::MAX)
+    }
 }

@@ -55,7 +55,7 @@ impl Card {
                         buffer.len()
                     )));
                 }
-                if len < state.frame_size {
+                if len < state.frame_size || len > u32::MAX as usize {
                     return Err(invalid(format!(
                         "{len} bytes, the session's frames have {}",
                         state.frame_size

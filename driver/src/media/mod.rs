@@ -1,5 +1,6 @@
 //! Raw video for examples, tools, tests and benchmarks: YUV4MPEG2 (Y4M) files in 4:2:0
-//! 8-bit and a synthetic moving test pattern, all as I420 frames.
+//! 8-bit (and luma-only, read as grey I420) and a synthetic moving test pattern, all as
+//! I420 frames.
 //!
 //! - [`y4m`]: reading and writing Y4M;
 //! - [`pattern`]: a deterministic moving test pattern generator.

@@ -65,9 +65,23 @@ impl Y4mHeader {
         }
     }
 
-    /// Bytes of one frame.
+    /// Bytes of one frame as the reader returns it and the writer takes it (I420).
     pub fn frame_size(&self) -> usize {
         i420_frame_size(self.width, self.height)
+    }
+
+    /// Whether the stream is luma only (`Cmono`): read as I420 with neutral chroma.
+    pub fn is_mono(&self) -> bool {
+        self.colorspace == "mono"
+    }
+
+    /// Bytes of one frame in the stream.
+    fn stored_frame_size(&self) -> usize {
+        if self.is_mono() {
+            self.width as usize * self.height as usize
+        } else {
+            self.frame_size()
+        }
     }
 
     /// Parses the header line (without its newline).
@@ -121,7 +135,7 @@ impl Y4mHeader {
         }
         if !matches!(
             colorspace.as_str(),
-            "420" | "420jpeg" | "420paldv" | "420mpeg2"
+            "420" | "420jpeg" | "420paldv" | "420mpeg2" | "mono"
         ) {
             return Err(MediaError::UnsupportedColorspace(colorspace));
         }
@@ -230,7 +244,7 @@ impl<R: BufRead> Y4mReader<R> {
                 reason: format!("expected FRAME, found {shown:?}"),
             });
         }
-        let expected = self.header.frame_size();
+        let expected = self.header.stored_frame_size();
         buf.resize(expected, 0);
         let mut got = 0;
         while got < expected {
@@ -247,6 +261,10 @@ impl<R: BufRead> Y4mReader<R> {
                 Err(e) => return Err(e.into()),
             }
         }
+        if self.header.is_mono() {
+            // Neutral chroma turns a luma-only picture into a grey I420 one.
+            buf.resize(self.header.frame_size(), 128);
+        }
         self.frames += 1;
         Ok(true)
     }
@@ -257,6 +275,8 @@ impl<R: BufRead> Y4mReader<R> {
 pub struct Y4mWriter<W: Write> {
     inner: W,
     frame_size: usize,
+    /// Bytes of each frame written: the luma plane only for `Cmono` streams.
+    stored: usize,
 }
 
 impl<W: Write> Y4mWriter<W> {
@@ -266,6 +286,7 @@ impl<W: Write> Y4mWriter<W> {
         Ok(Self {
             inner,
             frame_size: header.frame_size(),
+            stored: header.stored_frame_size(),
         })
     }
 
@@ -278,7 +299,7 @@ impl<W: Write> Y4mWriter<W> {
             });
         }
         self.inner.write_all(b"FRAME\n")?;
-        self.inner.write_all(frame)?;
+        self.inner.write_all(&frame[..self.stored])?;
         Ok(())
     }
 
@@ -322,6 +343,22 @@ mod tests {
     }
 
     #[test]
+    fn mono_reads_as_grey_i420_and_writes_back_luma_only() {
+        let s = stream("YUV4MPEG2 W4 H2 F25:1 Cmono\n", &[&[7; 8]]);
+        let mut r = Y4mReader::new(&s[..]).unwrap();
+        assert!(r.header().is_mono());
+        let mut buf = Vec::new();
+        assert!(r.read_frame(&mut buf).unwrap());
+        assert_eq!(&buf[..8], &[7; 8]);
+        assert_eq!(&buf[8..], &[128; 4]);
+        assert!(!r.read_frame(&mut buf).unwrap());
+        let mut w = Y4mWriter::new(Vec::new(), r.header()).unwrap();
+        w.write_frame(&buf).unwrap();
+        let written = w.finish().unwrap();
+        assert!(written.ends_with(b" Cmono\nFRAME\n\x07\x07\x07\x07\x07\x07\x07\x07"));
+    }
+
+    #[test]
     fn header_fields_are_parsed() {
         let h = Y4mHeader::parse("YUV4MPEG2 W720 H576 F25:1 It A16:15 C420paldv XYSCSS=420PALDV")
             .unwrap();
@@ -347,7 +384,7 @@ mod tests {
             MediaError::UnsupportedColorspace(_)
         ));
         assert!(matches!(
-            e("YUV4MPEG2 W4 H2 F25:1 Cmono\n"),
+            e("YUV4MPEG2 W4 H2 F25:1 Cmono16\n"),
             MediaError::UnsupportedColorspace(_)
         ));
         assert!(matches!(

@@ -1,7 +1,7 @@
 //! The controller: options, commands with timeouts and Abort, Identify and NVM I/O.
 //! Bring-up, shutdown and reset are in `lifecycle`, interrupt vectors in `vectors`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use vpu_ffi::{
 
 use crate::io::{DeviceIo, DeviceIoExt, DmaBuffer, IoError};
 
-use super::command::{read_struct, Command, Completion};
+use super::command::{read_struct, Command, Completion, DataPointer};
 use super::error::NvmeError;
 use super::metrics::NvmeMetrics;
 use super::prp::PrpPagePool;
@@ -59,6 +59,8 @@ pub struct Controller {
     pub(super) pool: Arc<PrpPagePool>,
     /// Serialises bring-up, reset and shutdown.
     pub(super) lifecycle: tokio::sync::Mutex<()>,
+    /// Largest data transfer of one command (Identify MDTS); `usize::MAX`: no limit.
+    pub(super) max_transfer: AtomicUsize,
 }
 
 impl Controller {
@@ -104,6 +106,7 @@ impl Controller {
             fatal: AtomicBool::new(false),
             metrics: Arc::new(NvmeMetrics::default()),
             lifecycle: tokio::sync::Mutex::new(()),
+            max_transfer: AtomicUsize::new(usize::MAX),
         });
         {
             let _guard = ctrl.lifecycle.lock().await;
@@ -139,6 +142,11 @@ impl Controller {
             .ok()
             .and_then(|a| a.io.get(queue).map(|q| q.in_flight()))
             .unwrap_or(0)
+    }
+
+    /// Largest data transfer one command may have (from Identify MDTS), in bytes.
+    pub fn max_transfer(&self) -> usize {
+        self.max_transfer.load(Ordering::Relaxed)
     }
 
     /// Whether completions are polled rather than signalled.
@@ -210,6 +218,16 @@ impl Controller {
         cmd: Command,
         timeout: Duration,
     ) -> Result<Completion, NvmeError> {
+        if let Some(DataPointer::Buffer { len, .. }) = &cmd.data {
+            let limit = self.max_transfer.load(Ordering::Relaxed);
+            if *len > limit {
+                return Err(NvmeError::TransferTooLarge {
+                    device: self.device.clone(),
+                    len: *len,
+                    limit,
+                });
+            }
+        }
         let (cid, mut rx) = q.submit(&cmd).await?;
         let reset = || NvmeError::Reset {
             device: self.device.clone(),

@@ -116,6 +116,12 @@ pub enum NvmeError {
         len: usize,
         buffer_len: usize,
     },
+    #[error("{device}: a transfer of {len} bytes is over the controller's limit of {limit}")]
+    TransferTooLarge {
+        device: String,
+        len: usize,
+        limit: usize,
+    },
     #[error("{device}: data pointer {iova:#x} is not dword aligned")]
     DataAlignment { device: String, iova: u64 },
     #[error(
@@ -137,6 +143,7 @@ impl NvmeError {
                 | NvmeError::NoSuchQueue { .. }
                 | NvmeError::DataRange { .. }
                 | NvmeError::DataAlignment { .. }
+                | NvmeError::TransferTooLarge { .. }
         )
     }
 }

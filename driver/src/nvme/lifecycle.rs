@@ -1,15 +1,16 @@
 //! Controller bring-up (bus mastering, disable, admin queue, enable, Identify, Number of
 //! Queues, interrupts, I/O queue pairs), shutdown, reset, and disabling on drop.
 
+use std::mem::offset_of;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 use vpu_ffi::{
-    VPU_ADMIN_CREATE_CQ, VPU_ADMIN_CREATE_SQ, VPU_ADMIN_DELETE_CQ, VPU_ADMIN_DELETE_SQ,
-    VPU_ADMIN_SET_FEATURES, VPU_AQA_ACQS_SHIFT, VPU_CC_EN, VPU_CC_SHN_MASK, VPU_CC_SHN_NORMAL,
-    VPU_CC_SHN_SHIFT, VPU_CQ_IEN, VPU_CQ_IV_SHIFT, VPU_CSTS_CFS, VPU_CSTS_RDY,
+    vpu_identify_controller, VPU_ADMIN_CREATE_CQ, VPU_ADMIN_CREATE_SQ, VPU_ADMIN_DELETE_CQ,
+    VPU_ADMIN_DELETE_SQ, VPU_ADMIN_SET_FEATURES, VPU_AQA_ACQS_SHIFT, VPU_CC_EN, VPU_CC_SHN_MASK,
+    VPU_CC_SHN_NORMAL, VPU_CC_SHN_SHIFT, VPU_CQ_IEN, VPU_CQ_IV_SHIFT, VPU_CSTS_CFS, VPU_CSTS_RDY,
     VPU_CSTS_SHST_COMPLETE, VPU_CSTS_SHST_MASK, VPU_CSTS_SHST_SHIFT, VPU_FEATURE_NUMBER_OF_QUEUES,
     VPU_IDENTIFY_CNS_CONTROLLER, VPU_NUM_QUEUES_NCQR_SHIFT, VPU_QUEUE_PC, VPU_QUEUE_QSIZE_SHIFT,
     VPU_REG_ACQ, VPU_REG_AQA, VPU_REG_ASQ, VPU_REG_CC, VPU_REG_CSTS, VPU_SQ_CQID_SHIFT,
@@ -18,6 +19,7 @@ use vpu_ffi::{
 use super::command::Command;
 use super::error::NvmeError;
 use super::metrics::NvmeMetrics;
+use super::prp::MEMORY_PAGE_SIZE;
 use super::queue::QueuePair;
 use super::registers::{cc_enable, PCI_COMMAND, PCI_COMMAND_BUS_MASTER, PCI_COMMAND_MEMORY};
 
@@ -217,7 +219,20 @@ impl Controller {
         let identify = self
             .identify_on(&admin, active.polling, VPU_IDENTIFY_CNS_CONTROLLER, 0)
             .await?;
-        tracing::debug!(device = %self.device, bytes = identify.len(), "identified controller");
+        let mdts = identify
+            .get(offset_of!(vpu_identify_controller, mdts))
+            .copied()
+            .unwrap_or(0);
+        let max_transfer = if mdts == 0 {
+            usize::MAX
+        } else {
+            // MDTS counts pages of CAP.MPSMIN, which is 4 KiB here (checked at enable).
+            (MEMORY_PAGE_SIZE as usize)
+                .checked_shl(u32::from(mdts))
+                .unwrap_or(usize::MAX)
+        };
+        self.max_transfer.store(max_transfer, Ordering::Relaxed);
+        tracing::debug!(device = %self.device, max_transfer, "identified controller");
 
         let n0 = wanted - 1;
         let features = Command::new(VPU_ADMIN_SET_FEATURES)

@@ -15,7 +15,8 @@ pub struct NvmeMetrics {
     pub aborts: AtomicU64,
     /// Completions of commands that had already timed out, discarded.
     pub late_completions: AtomicU64,
-    /// Completions found by polling after their interrupt never came.
+    /// Times completions were found by a sweep of a silent vector or by the check at a
+    /// command timeout instead of by their interrupt.
     pub lost_interrupts: AtomicU64,
     /// Controller resets (disable and bring-up again).
     pub resets: AtomicU64,

@@ -192,7 +192,12 @@ impl QueuePair {
                     match rx.try_recv() {
                         Ok(r) => return Some(r),
                         Err(TryRecvError::Closed) => return None,
-                        Err(TryRecvError::Empty) => tokio::task::yield_now().await,
+                        Err(TryRecvError::Empty) => {
+                            // Nothing yet: let other threads run (the device may be
+                            // software sharing these CPUs), then other tasks.
+                            std::thread::yield_now();
+                            tokio::task::yield_now().await;
+                        }
                     }
                 }
             }
@@ -295,6 +300,12 @@ impl QueuePair {
     /// worth), wakes their submitters and moves the CQ head doorbell. Returns how many
     /// entries were consumed.
     pub fn process_completions(&self) -> usize {
+        self.process(false)
+    }
+
+    /// `process_completions`; a `sweep` that finds entries counts a lost interrupt, before
+    /// anybody is woken.
+    fn process(&self, sweep: bool) -> usize {
         let status_dword = offset_of!(vpu_cqe, cid);
         let mut cq = lock(&self.cq_state);
         let mut wake = Vec::new();
@@ -330,11 +341,25 @@ impl QueuePair {
             }
         }
         drop(cq);
+        if sweep && consumed > 0 {
+            NvmeMetrics::inc(&self.metrics.lost_interrupts);
+            tracing::warn!(device = %self.device, queue = self.qid, consumed,
+                "completions found without an interrupt");
+        }
         for (tx, result) in wake {
             // The submitter may have stopped waiting; nothing to do then.
             let _ = tx.send(result);
         }
         consumed
+    }
+
+    /// Interrupt mode, after a silent sweep interval: consumes completions that arrived
+    /// without their interrupt, counting them as lost interrupts.
+    pub fn sweep(&self) {
+        if self.in_flight() == 0 {
+            return;
+        }
+        self.process(true);
     }
 
     /// Validates one completion entry against the commands in flight.

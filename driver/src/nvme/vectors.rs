@@ -2,6 +2,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -35,7 +36,11 @@ fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reads completions of `queues` whenever `vector` fires.
+/// How long a vector may stay silent before its queues are looked at anyway.
+const SWEEP: Duration = Duration::from_millis(100);
+
+/// Reads completions of `queues` whenever `vector` fires, and sweeps them when it has been
+/// silent for [`SWEEP`].
 pub(super) fn spawn_vector_task(
     device: &str,
     vector: Arc<EventFd>,
@@ -57,11 +62,23 @@ pub(super) fn spawn_vector_task(
     let device = device.to_string();
     Ok(tokio::spawn(async move {
         loop {
-            let mut guard = match fd.readable().await {
-                Ok(g) => g,
-                Err(e) => {
+            let readable = tokio::select! {
+                r = fd.readable() => Some(r),
+                _ = tokio::time::sleep(SWEEP) => None,
+            };
+            let mut guard = match readable {
+                Some(Ok(g)) => g,
+                Some(Err(e)) => {
                     tracing::error!(device = %device, error = %e, "interrupt eventfd failed");
                     return;
+                }
+                None => {
+                    // No interrupt for a while: look at queues with commands in flight,
+                    // so a lost interrupt costs a sweep interval, not a command timeout.
+                    for q in &queues {
+                        q.sweep();
+                    }
+                    continue;
                 }
             };
             if guard.try_io(|v| v.get_ref().0.read()).is_err() {

@@ -8,15 +8,15 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::mem::ManuallyDrop;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use nix::sys::uio::{pread, pwrite};
 use vfio_bindings::bindings::vfio::{
     VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX,
 };
 use vfio_ioctls::{VfioContainer, VfioOps};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::bar::Bar;
 use super::discovery::{PciFunction, PciScanner};
@@ -27,7 +27,7 @@ use super::pci::{
 };
 use super::sys;
 use super::VfioError;
-use crate::io::{BackendKind, DeviceInfo, DeviceIo, DmaDirection, HostRegion, IoError};
+use crate::io::{BackendKind, DeviceInfo, DeviceIo, HostRegion, IoError};
 
 /// How a device is opened.
 #[derive(Debug, Clone)]
@@ -63,7 +63,7 @@ pub enum InterruptKind {
 }
 
 impl InterruptKind {
-    fn index(self) -> u32 {
+    pub(super) fn index(self) -> u32 {
         match self {
             InterruptKind::Msix => VFIO_PCI_MSIX_IRQ_INDEX,
             InterruptKind::Msi => VFIO_PCI_MSI_IRQ_INDEX,
@@ -71,39 +71,42 @@ impl InterruptKind {
     }
 }
 
-struct Mapping {
-    len: usize,
+pub(super) struct Mapping {
+    /// The region's length, as the caller knows it.
+    pub(super) len: usize,
+    /// The length mapped in the IOMMU: `len` rounded up to the IOMMU page size.
+    pub(super) mapped: usize,
     /// Kept alive while the device may reach it.
-    _region: Arc<HostRegion>,
+    pub(super) _region: Arc<HostRegion>,
 }
 
-struct DmaState {
-    iova: IovaAllocator,
-    maps: BTreeMap<u64, Mapping>,
+pub(super) struct DmaState {
+    pub(super) iova: IovaAllocator,
+    pub(super) maps: BTreeMap<u64, Mapping>,
 }
 
 #[derive(Default)]
-struct IrqState {
-    active: Option<InterruptKind>,
-    fds: Vec<Arc<EventFd>>,
+pub(super) struct IrqState {
+    pub(super) active: Option<InterruptKind>,
+    pub(super) fds: Vec<Arc<EventFd>>,
 }
 
 /// A PCI function owned through VFIO.
 pub struct VfioDevice {
-    info: DeviceInfo,
-    bars: Vec<Option<Bar>>,
-    config_offset: u64,
-    config_size: u64,
-    msix_vectors: u32,
-    msi_vectors: u32,
-    reset_supported: bool,
-    iova_ranges: Option<Vec<(u64, u64)>>,
-    dma: Mutex<DmaState>,
-    irqs: Mutex<IrqState>,
+    pub(super) info: DeviceInfo,
+    pub(super) bars: Vec<Option<Bar>>,
+    pub(super) config_offset: u64,
+    pub(super) config_size: u64,
+    pub(super) msix_vectors: u32,
+    pub(super) msi_vectors: u32,
+    pub(super) reset_supported: bool,
+    pub(super) iova_ranges: Option<Vec<(u64, u64)>>,
+    pub(super) dma: Mutex<DmaState>,
+    pub(super) irqs: Mutex<IrqState>,
     // Dropped after the BAR mappings above are gone: closing the device descriptor while
-    // an mmap of it exists would keep the group busy.
-    device: vfio_ioctls::VfioDevice,
-    container: Arc<VfioContainer>,
+    // an mmap of it exists would keep the group busy. Dropped by hand (see `Drop`).
+    pub(super) device: ManuallyDrop<vfio_ioctls::VfioDevice>,
+    pub(super) container: Arc<VfioContainer>,
 }
 
 impl fmt::Debug for VfioDevice {
@@ -118,7 +121,7 @@ impl fmt::Debug for VfioDevice {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain bookkeeping behind; keep going.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -229,7 +232,7 @@ impl VfioDevice {
                 maps: BTreeMap::new(),
             }),
             irqs: Mutex::new(IrqState::default()),
-            device,
+            device: ManuallyDrop::new(device),
             container,
         };
         let config_err = |source| VfioError::Config {
@@ -330,7 +333,7 @@ impl VfioDevice {
         self.bars.get(bar as usize).and_then(Option::as_ref)
     }
 
-    fn bar_or_err(&self, bar: u32, offset: u64) -> Result<&Bar, IoError> {
+    pub(super) fn bar_or_err(&self, bar: u32, offset: u64) -> Result<&Bar, IoError> {
         self.bar(bar).ok_or(IoError::RegisterOutOfRange {
             bar,
             offset,
@@ -338,7 +341,7 @@ impl VfioDevice {
         })
     }
 
-    fn config_range(&self, offset: u32, len: usize) -> Result<u64, IoError> {
+    pub(super) fn config_range(&self, offset: u32, len: usize) -> Result<u64, IoError> {
         let end = u64::from(offset) + len as u64;
         if end > self.config_size {
             return Err(IoError::ConfigAccess {
@@ -350,7 +353,7 @@ impl VfioDevice {
         Ok(self.config_offset + u64::from(offset))
     }
 
-    fn disable_irqs_locked(&self, irqs: &mut IrqState) -> Result<(), IoError> {
+    pub(super) fn disable_irqs_locked(&self, irqs: &mut IrqState) -> Result<(), IoError> {
         if let Some(kind) = irqs.active {
             sys::set_irq_eventfds(sys::device_fd(&self.device), kind.index(), &[]).map_err(
                 |source| IoError::Interrupts {
@@ -385,186 +388,6 @@ fn check_memlock(device: &str, pool: u64) -> Result<(), VfioError> {
     }
 }
 
-impl DeviceIo for VfioDevice {
-    fn info(&self) -> &DeviceInfo {
-        &self.info
-    }
-
-    fn read32(&self, bar: u32, offset: u64) -> Result<u32, IoError> {
-        self.bar_or_err(bar, offset)?
-            .read32(sys::device_fd(&self.device), offset)
-    }
-
-    fn write32(&self, bar: u32, offset: u64, value: u32) -> Result<(), IoError> {
-        self.bar_or_err(bar, offset)?
-            .write32(sys::device_fd(&self.device), offset, value)
-    }
-
-    fn config_read(&self, offset: u32, buf: &mut [u8]) -> Result<(), IoError> {
-        let at = self.config_range(offset, buf.len())?;
-        let len = buf.len();
-        match pread(sys::device_fd(&self.device), buf, at as libc::off_t) {
-            Ok(n) if n == len => Ok(()),
-            Ok(_) => Err(IoError::ConfigAccess {
-                offset,
-                len,
-                source: std::io::ErrorKind::UnexpectedEof.into(),
-            }),
-            Err(e) => Err(IoError::ConfigAccess {
-                offset,
-                len,
-                source: e.into(),
-            }),
-        }
-    }
-
-    fn config_write(&self, offset: u32, buf: &[u8]) -> Result<(), IoError> {
-        let at = self.config_range(offset, buf.len())?;
-        let len = buf.len();
-        match pwrite(sys::device_fd(&self.device), buf, at as libc::off_t) {
-            Ok(n) if n == len => Ok(()),
-            Ok(_) => Err(IoError::ConfigAccess {
-                offset,
-                len,
-                source: std::io::ErrorKind::WriteZero.into(),
-            }),
-            Err(e) => Err(IoError::ConfigAccess {
-                offset,
-                len,
-                source: e.into(),
-            }),
-        }
-    }
-
-    fn dma_map(&self, region: &Arc<HostRegion>, direction: DmaDirection) -> Result<u64, IoError> {
-        let len = region.len();
-        let mut dma = lock(&self.dma);
-        let iova = dma
-            .iova
-            .alloc(len as u64)
-            .ok_or(IoError::IovaExhausted { len })?;
-        // SAFETY: the region stays mapped while the IOMMU mapping exists: `maps` holds an
-        // `Arc` of it until `dma_unmap` of this IOVA succeeds (or the device is dropped,
-        // which unmaps first). HostRegion only hands out raw-pointer access.
-        let mapped = unsafe {
-            sys::map_dma(
-                sys::container_fd(&self.container),
-                iova,
-                region.as_ptr(),
-                len,
-                direction.device_reads(),
-                direction.device_writes(),
-            )
-        };
-        if let Err(source) = mapped {
-            dma.iova.free(iova, len as u64);
-            return Err(map_error(len, source));
-        }
-        dma.maps.insert(
-            iova,
-            Mapping {
-                len,
-                _region: Arc::clone(region),
-            },
-        );
-        tracing::trace!(device = %self.info.name, iova, len, "dma mapped");
-        Ok(iova)
-    }
-
-    fn dma_unmap(&self, iova: u64, len: usize) -> Result<(), IoError> {
-        let mut dma = lock(&self.dma);
-        let mapped_len = dma.maps.get(&iova).map(|m| m.len);
-        if mapped_len != Some(len) {
-            return Err(IoError::DmaUnmap {
-                iova,
-                len,
-                source: std::io::Error::other(match mapped_len {
-                    Some(l) => format!("the mapping at this iova is {l} bytes"),
-                    None => "nothing is mapped at this iova".to_owned(),
-                }),
-            });
-        }
-        sys::unmap_dma(sys::container_fd(&self.container), iova, len)
-            .map_err(|source| IoError::DmaUnmap { iova, len, source })?;
-        dma.maps.remove(&iova);
-        dma.iova.free(iova, len as u64);
-        Ok(())
-    }
-
-    fn max_interrupts(&self) -> u32 {
-        if self.msix_vectors > 0 {
-            self.msix_vectors
-        } else {
-            self.msi_vectors
-        }
-    }
-
-    fn enable_interrupts(&self, count: u32) -> Result<Vec<Arc<EventFd>>, IoError> {
-        let supported = self.max_interrupts();
-        let kind = if self.msix_vectors > 0 {
-            InterruptKind::Msix
-        } else {
-            InterruptKind::Msi
-        };
-        let fail = |source| IoError::Interrupts {
-            requested: count,
-            supported,
-            source,
-        };
-        let mut irqs = lock(&self.irqs);
-        // vfio-pci changes the vector count only from the disabled state.
-        self.disable_irqs_locked(&mut irqs)?;
-        if count == 0 {
-            return Ok(Vec::new());
-        }
-        if count > supported {
-            return Err(fail(None));
-        }
-        let fds = (0..count)
-            .map(|_| EventFd::new(EFD_NONBLOCK).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| fail(Some(e)))?;
-        let borrowed: Vec<&EventFd> = fds.iter().map(|f| &**f).collect();
-        sys::set_irq_eventfds(sys::device_fd(&self.device), kind.index(), &borrowed)
-            .map_err(|e| fail(Some(e)))?;
-        irqs.active = Some(kind);
-        irqs.fds = fds.clone();
-        tracing::debug!(device = %self.info.name, count, ?kind, "interrupts enabled");
-        Ok(fds)
-    }
-
-    fn disable_interrupts(&self) -> Result<(), IoError> {
-        let mut irqs = lock(&self.irqs);
-        self.disable_irqs_locked(&mut irqs)
-    }
-
-    fn reset(&self) -> Result<(), IoError> {
-        if !self.reset_supported {
-            return Err(IoError::ResetUnsupported {
-                device: self.info.name.clone(),
-            });
-        }
-        sys::device_reset(sys::device_fd(&self.device)).map_err(IoError::Reset)?;
-        tracing::info!(device = %self.info.name, "function reset");
-        Ok(())
-    }
-}
-
-/// A failed `VFIO_IOMMU_MAP_DMA`: ENOMEM under a finite memlock limit means the pinned
-/// pages would exceed it.
-fn map_error(len: usize, source: std::io::Error) -> IoError {
-    if source.raw_os_error() == Some(libc::ENOMEM) && !sys::has_ipc_lock() {
-        if let Ok(Some(limit)) = sys::memlock_limit() {
-            return IoError::DmaMemlock {
-                len,
-                limit,
-                locked: sys::locked_bytes().unwrap_or(0),
-            };
-        }
-    }
-    IoError::DmaMap { len, source }
-}
-
 impl Drop for VfioDevice {
     fn drop(&mut self) {
         let name = self.info.name.clone();
@@ -581,13 +404,86 @@ impl Drop for VfioDevice {
         let maps = std::mem::take(&mut lock(&self.dma).maps);
         let container = sys::container_fd(&self.container);
         for (iova, m) in maps {
-            if let Err(error) = sys::unmap_dma(container, iova, m.len) {
+            if let Err(error) = sys::unmap_dma(container, iova, m.mapped) {
                 tracing::error!(device = %name, iova, %error, "DMA unmap at close failed; leaking");
                 std::mem::forget(m);
             }
         }
-        // 4. munmap the BARs; the descriptors close when the fields drop.
+        // 4. munmap the BARs, then close the device descriptor. vfio-ioctls looks the
+        // group up in sysfs while closing and panics if the function is gone from there
+        // (surprise removal); that must not take the process down.
         self.bars.clear();
+        let device = &mut self.device;
+        let closed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: `device` is dropped exactly once, here, and not used afterwards:
+            // this is the owner's `Drop` and no other field refers to it.
+            unsafe { ManuallyDrop::drop(device) }
+        }));
+        if closed.is_err() {
+            tracing::error!(device = %name, "releasing the VFIO group failed (function removed?)");
+        }
+        // 5. The container (and any group still in it) closes when its field drops.
         tracing::info!(device = %name, "closed");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn function(driver: Option<&str>, group: Option<u32>) -> PciFunction {
+        PciFunction {
+            address: "0000:03:00.0".into(),
+            sysfs_path: PathBuf::from("/nonexistent/0000:03:00.0"),
+            vendor_id: 0x1ded,
+            device_id: 0x5650,
+            class_code: vpu_ffi::VPU_PCI_CLASS_NVME,
+            driver: driver.map(str::to_owned),
+            iommu_group: group,
+        }
+    }
+
+    #[test]
+    fn a_function_not_bound_to_vfio_pci_is_refused_with_instructions() {
+        let scanner = PciScanner::with_root("/nonexistent");
+        for driver in [Some("nvme"), None] {
+            let err = VfioDevice::open_function(
+                &scanner,
+                &function(driver, Some(3)),
+                &VfioOptions::default(),
+            )
+            .unwrap_err();
+            assert!(matches!(err, VfioError::NotBoundToVfio { .. }), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains("driver_override"), "{msg}");
+            assert!(msg.contains(driver.unwrap_or("no driver")), "{msg}");
+        }
+    }
+
+    #[test]
+    fn a_function_without_iommu_group_names_the_iommu() {
+        let scanner = PciScanner::with_root("/nonexistent");
+        let err = VfioDevice::open_function(
+            &scanner,
+            &function(Some("vfio-pci"), None),
+            &VfioOptions::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, VfioError::NoIommuGroup { .. }), "{err}");
+        assert!(err.to_string().contains("intel_iommu=on"));
+    }
+
+    #[test]
+    fn open_by_address_of_a_missing_function_is_not_found() {
+        let err = VfioDevice::open("0000:ff:1f.7", &VfioOptions::default()).unwrap_err();
+        assert!(matches!(err, VfioError::NotFound { .. }), "{err}");
+        let err = VfioDevice::open(
+            "/sys/bus/pci/devices/not-an-address",
+            &VfioOptions::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, VfioError::BadAddress { .. }), "{err}");
     }
 }

@@ -8,6 +8,7 @@
 
 mod bar;
 mod device;
+mod device_io;
 pub mod discovery;
 mod error;
 mod iova;

@@ -8,6 +8,7 @@
 //! is reported as failed and the others still run.
 
 mod bench;
+mod discovery;
 mod edu;
 mod errors;
 mod nvme;
@@ -117,6 +118,7 @@ fn main() -> anyhow::Result<()> {
     edu::run(&r, &layout);
     errors::run(&r, &layout);
     nvme::run(&r, &layout, &rt);
+    discovery::run(&r, &layout, &rt);
     bench::run(&r, &layout, &rt);
     r.line("GUEST-DONE");
     Ok(())

@@ -419,6 +419,20 @@ pub fn run(r: &Reporter, layout: &Layout, rt: &tokio::runtime::Runtime) {
             left = s.dev.dma_mappings();
         }
         ensure!(left == 0, "{left} DMA mappings left");
+        // Nothing else holds the device: it closes when the last handle here goes.
+        let mut holders = Arc::strong_count(&s.dev);
+        for _ in 0..250 {
+            if holders == 2 {
+                break;
+            }
+            rt.block_on(async { tokio::time::sleep(Duration::from_millis(20)).await });
+            holders = Arc::strong_count(&s.dev);
+        }
+        ensure!(
+            holders == 2,
+            "{} handles of the device left besides this check's",
+            holders - 2
+        );
         ensure!(
             matches!(
                 s.io.dma_unmap(IOVA_FLOOR, 4096),

@@ -143,3 +143,26 @@ pub fn sysfs(path: &str) -> Option<String> {
         .ok()
         .map(|s| s.trim().to_owned())
 }
+
+/// Opens `address` through VFIO, waiting up to `timeout` while its group is still held.
+/// The transport closes a device asynchronously (its completion tasks hold the device
+/// until the runtime has reaped them), so a device just given up may be busy briefly.
+/// Returns the device and how long the group stayed busy.
+pub fn open_when_released(
+    address: &str,
+    opts: &vpu_driver::vfio::VfioOptions,
+    timeout: Duration,
+) -> anyhow::Result<(std::sync::Arc<vpu_driver::vfio::VfioDevice>, Duration)> {
+    let start = Instant::now();
+    loop {
+        match vpu_driver::vfio::VfioDevice::open(address, opts) {
+            Ok(d) => return Ok((d, start.elapsed())),
+            Err(vpu_driver::vfio::VfioError::OpenGroup { source, .. })
+                if source.raw_os_error() == Some(libc::EBUSY) && start.elapsed() < timeout =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
