@@ -5,8 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use zbus::message::Header;
-use zbus::names::BusName;
-use zbus::{Connection, OwnedObjectPath, OwnedVariant};
+use zbus::{OwnedObjectPath, OwnedVariant};
 
 use super::access::caller;
 use super::error::VpudError;
@@ -30,6 +29,7 @@ impl From<SessionError> for VpudError {
             SessionError::CardFailed { .. } => VpudError::CardFailed(msg),
             SessionError::Channel(_) | SessionError::Bus(_) => VpudError::CardFailed(msg),
             SessionError::ShuttingDown => VpudError::NoCapacity(msg),
+            SessionError::OwnerGone { .. } => VpudError::AccessDenied(msg),
         }
     }
 }
@@ -41,33 +41,12 @@ impl ManagerIface {
     async fn create_session(
         &self,
         #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
         params: HashMap<String, OwnedVariant>,
     ) -> Result<(OwnedObjectPath, zbus::OwnedFd), VpudError> {
         counted(&self.daemon, async {
             let owner = caller(&header)?;
             let req = params::session_request(&params)?;
             let created = session::create(&self.daemon, &owner, req).await?;
-            // The caller may have left between its call and now, before its session was
-            // there for the bus watcher to end; check in the background, off the reply's
-            // path.
-            let daemon = std::sync::Arc::clone(&self.daemon);
-            let conn = conn.clone();
-            let id = created.id;
-            tokio::spawn(async move {
-                let present = match (
-                    zbus::fdo::DBusProxy::new(&conn).await,
-                    BusName::try_from(owner.as_str()),
-                ) {
-                    (Ok(dbus), Ok(name)) => dbus.name_has_owner(name).await.unwrap_or(false),
-                    _ => false,
-                };
-                if !present {
-                    if let Some(s) = daemon.session(id) {
-                        s.request_close(None, "the owner left the bus");
-                    }
-                }
-            });
             Ok((created.path, zbus::OwnedFd::from(created.channel)))
         })
         .await

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use vpu_driver::card::Reconfigure;
 use zbus::message::Header;
@@ -15,9 +14,6 @@ use super::access::caller;
 use super::error::VpudError;
 use super::{counted, params};
 use crate::service::state::{lock, Daemon, SessionEntry};
-
-/// How long `Close` waits for the session's resources to be released.
-const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// A session object.
 #[derive(Debug)]
@@ -131,15 +127,24 @@ impl SessionIface {
         .await
     }
 
-    /// End the session; returns once its resources are released.
+    /// End the session; returns once it is off the bus and its reservation released.
     async fn close(&self, #[zbus(header)] header: Header<'_>) -> Result<(), VpudError> {
         counted(&self.daemon, async {
             self.check_owner(&header)?;
+            const REASON: &str = "closed by its owner";
+            if self.entry.retired.load(Ordering::Acquire) {
+                return Err(VpudError::NotFound(format!(
+                    "session {} is already closed",
+                    self.entry.id
+                )));
+            }
             self.entry.request_close(
                 Some(crate::channel::proto::ErrorCode::SessionClosed),
-                "closed by its owner",
+                REASON,
             );
-            let _ = tokio::time::timeout(CLOSE_WAIT, self.entry.wait_finished()).await;
+            // The session is gone from the bus and the books when this returns; its task
+            // destroys the card session and unmaps the client's buffers right after.
+            crate::session::retire(&self.daemon, &self.entry, REASON);
             Ok(())
         })
         .await

@@ -107,6 +107,8 @@ pub struct SessionEntry {
     /// Set by `RequestKeyframe`; the next frame is encoded as IDR.
     pub force_keyframe: AtomicBool,
     pub closed: AtomicBool,
+    /// Off the books and the bus (see `session::retire`).
+    pub retired: AtomicBool,
     pub control: mpsc::UnboundedSender<Control>,
     /// Becomes `true` once the session's resources are released.
     pub finished: watch::Receiver<bool>,
@@ -162,6 +164,9 @@ pub struct Daemon {
     pub cards: Vec<Arc<CardEntry>>,
     pub sched: Mutex<Scheduler>,
     pub sessions: Mutex<BTreeMap<u64, Arc<SessionEntry>>>,
+    /// Unique names that left the bus, most recent last (bounded). Locked after
+    /// `sessions` when both are held.
+    departed: Mutex<Departed>,
     next_session: AtomicU64,
     pub metrics: Arc<Metrics>,
     conn: OnceLock<Connection>,
@@ -185,6 +190,7 @@ impl Daemon {
             cards,
             sched: Mutex::new(sched),
             sessions: Mutex::new(BTreeMap::new()),
+            departed: Mutex::new(Departed::default()),
             next_session: AtomicU64::new(0),
             metrics,
             conn: OnceLock::new(),
@@ -218,6 +224,29 @@ impl Daemon {
             .collect()
     }
 
+    /// Adds a session, unless its owner has already left the bus: then returns `false`
+    /// and the session is not added. Together with [`Daemon::owner_left`] this closes the
+    /// race between a client's `CreateSession` and its departure.
+    pub fn insert_session(&self, entry: Arc<SessionEntry>) -> bool {
+        let mut sessions = lock(&self.sessions);
+        if lock(&self.departed).contains(&entry.owner) {
+            return false;
+        }
+        sessions.insert(entry.id, entry);
+        true
+    }
+
+    /// Records that `owner` left the bus; returns its sessions.
+    pub fn owner_left(&self, owner: &str) -> Vec<Arc<SessionEntry>> {
+        let sessions = lock(&self.sessions);
+        lock(&self.departed).insert(owner);
+        sessions
+            .values()
+            .filter(|s| s.owner == owner)
+            .cloned()
+            .collect()
+    }
+
     /// Sessions owned by `owner`.
     pub fn sessions_of(&self, owner: &str) -> Vec<Arc<SessionEntry>> {
         lock(&self.sessions)
@@ -247,5 +276,33 @@ impl Daemon {
     /// Card index of an object path.
     pub fn card_by_path(&self, path: &str) -> Option<usize> {
         self.cards.iter().position(|c| c.path.as_str() == path)
+    }
+}
+
+/// Unique names that left the bus. Unique names are never reused on a bus, so a name
+/// seen leaving stays gone; only the most recent are kept, since the race they guard
+/// against lasts a method call.
+#[derive(Debug, Default)]
+struct Departed {
+    order: std::collections::VecDeque<String>,
+    names: std::collections::HashSet<String>,
+}
+
+impl Departed {
+    const KEEP: usize = 65_536;
+
+    fn insert(&mut self, name: &str) {
+        if self.names.insert(name.to_owned()) {
+            self.order.push_back(name.to_owned());
+            if self.order.len() > Self::KEEP {
+                if let Some(old) = self.order.pop_front() {
+                    self.names.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.names.contains(name)
     }
 }

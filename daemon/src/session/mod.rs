@@ -46,6 +46,8 @@ pub enum SessionError {
     Bus(#[from] zbus::Error),
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    #[error("{owner} left the bus")]
+    OwnerGone { owner: String },
 }
 
 /// A new session: its object path and the client's end of its data channel.
@@ -191,11 +193,16 @@ pub async fn create(
         counters: SessionCounters::default(),
         force_keyframe: AtomicBool::new(false),
         closed: AtomicBool::new(false),
+        retired: AtomicBool::new(false),
         control,
         finished,
         finished_tx: Mutex::new(Some(finished_tx)),
     });
-    lock(&daemon.sessions).insert(id, Arc::clone(&entry));
+    if !daemon.insert_session(Arc::clone(&entry)) {
+        return Err(cleanup_card_session(SessionError::OwnerGone {
+            owner: owner.to_owned(),
+        }));
+    }
     Metrics::add(&daemon.metrics.sessions_created, 1);
     if let Err(e) = crate::dbus::signals::session_added(daemon, &entry).await {
         lock(&daemon.sessions).remove(&id);
@@ -221,16 +228,30 @@ pub async fn create(
     })
 }
 
-/// The end of every session, after its task released the card session and buffers:
-/// the reservation is returned, the object leaves the bus with `Closed(reason)`, and
-/// waiters are told.
-pub async fn finish(daemon: &Arc<Daemon>, entry: &Arc<SessionEntry>, reason: &str) {
+/// Takes a session off the books and off the bus: its reservation is returned, it leaves
+/// `Manager.Sessions`, and its object goes with `Closed(reason)`. Done once, by whichever
+/// comes first: the owner's `Close` or the session's task ending.
+pub fn retire(daemon: &Arc<Daemon>, entry: &Arc<SessionEntry>, reason: &str) {
+    if entry.retired.swap(true, Ordering::AcqRel) {
+        return;
+    }
     let placement = lock(&daemon.sched).release(entry.id);
     lock(&daemon.sessions).remove(&entry.id);
     Metrics::add(&daemon.metrics.sessions_closed, 1);
-    crate::dbus::signals::session_removed(daemon, entry, reason, placement.map(|p| p.card)).await;
+    tracing::info!(session = entry.id, reason, "session closed");
+    // The announcements go out after the caller's reply (Close returns sooner); the
+    // books above are already right for the next request.
+    let (d, e, r) = (Arc::clone(daemon), Arc::clone(entry), reason.to_owned());
+    tokio::spawn(async move {
+        crate::dbus::signals::session_removed(&d, &e, &r, placement.map(|p| p.card)).await;
+    });
+}
+
+/// The end of every session's task, once the card session is destroyed and the client's
+/// buffers unmapped: waiters are told.
+pub async fn finish(daemon: &Arc<Daemon>, entry: &Arc<SessionEntry>, reason: &str) {
+    retire(daemon, entry, reason);
     if let Some(tx) = lock(&entry.finished_tx).take() {
         let _ = tx.send(true);
     }
-    tracing::info!(session = entry.id, reason, "session closed");
 }
