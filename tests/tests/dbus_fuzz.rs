@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use vpu_tests::clip::synthetic_clip;
 use vpu_tests::daemon::{
-    connect, create_session, params, property, start, Channel, BUS_NAME as DEST, CARD, MANAGER,
-    ROOT, SESSION,
+    connect, create_session, eventually, params, property, start, Channel, BUS_NAME as DEST, CARD,
+    MANAGER, ROOT, SESSION,
 };
 use vpud::config::Config;
 use zbus::wire::{Array, Dict, ObjectPath, Signature, StructureBuilder};
@@ -682,6 +682,15 @@ async fn random_arguments_to_every_method_get_typed_replies() {
         .await
         .expect("Version");
     assert!(!version.is_empty());
+    // Nothing the calls created outlives its channel: every session the fuzzer got was
+    // closed with its descriptor (at once, or now for the ones kept).
+    drop(kept);
+    eventually(Duration::from_secs(5), || async {
+        let s: Vec<zbus::OwnedObjectPath> = property(&conn, ROOT, MANAGER, "Sessions").await?;
+        Ok(s.is_empty())
+    })
+    .await
+    .expect("every session ends with its channel");
     let (_, fd) = create_session(&conn, &params(64, 48, 30))
         .await
         .expect("a well-formed CreateSession still succeeds");
