@@ -170,7 +170,8 @@ impl SessionParams {
         self.fps_num as f32 / self.fps_den as f32
     }
 
-    pub fn encoder_config(&self, bitrate: u32, fps: f32) -> EncoderConfig {
+    /// The encoder's settings; `qp_floor` is the lowest QP bitrate control may use.
+    pub fn encoder_config(&self, bitrate: u32, fps: f32, qp_floor: u8) -> EncoderConfig {
         let c = EncoderConfig::new()
             .skip_frames(false)
             .usage_type(UsageType::CameraVideoRealTime)
@@ -187,8 +188,10 @@ impl SessionParams {
             c.rate_control_mode(RateControlMode::Quality)
                 .qp(QpRange::new(self.qp, self.qp))
         } else {
+            // QP_FLOORS keeps the floor <= 51, so QpRange::new cannot panic.
             c.rate_control_mode(RateControlMode::Bitrate)
                 .bitrate(BitRate::from_bps(bitrate))
+                .qp(QpRange::new(qp_floor.min(51), 51))
         }
     }
 }

@@ -50,7 +50,15 @@ struct Codec {
     gather: Vec<u8>,
     /// NV12 chroma de-interleaved to U and V planes.
     chroma: Vec<u8>,
+    /// Lowest QP the rate control may choose; raised when a frame overflows the encoder.
+    qp_floor: u8,
 }
+
+/// QP floors tried in turn when openh264 cannot hold a frame's bitstream: high-entropy
+/// input (sensor noise, static) at a generous bitrate drives QP so low that an I frame
+/// overflows the encoder's internal buffer, and openh264 fails the frame. A hardware
+/// engine clamps QP instead of failing; so does this one, then re-codes the frame as an IDR.
+const QP_FLOORS: [u8; 4] = [0, 24, 32, 40];
 
 /// One encode session, placed on one engine.
 pub(super) struct Session {
@@ -110,10 +118,15 @@ impl YUVSource for Planes<'_> {
     }
 }
 
-fn new_encoder(params: &SessionParams, bitrate: u32, fps: f32) -> Result<Encoder, Status> {
+fn new_encoder(
+    params: &SessionParams,
+    bitrate: u32,
+    fps: f32,
+    qp_floor: u8,
+) -> Result<Encoder, Status> {
     let mut encoder = Encoder::with_api_config(
         OpenH264API::from_source(),
-        params.encoder_config(bitrate, fps),
+        params.encoder_config(bitrate, fps, qp_floor),
     )
     .map_err(|e| {
         tracing::error!(error = %e, "creating the encoder failed");
@@ -160,7 +173,7 @@ fn route_log(encoder: &mut Encoder) {
 impl Session {
     pub fn new(id: u32, engine: u8, params: SessionParams) -> Result<Self, Status> {
         let fps = params.fps();
-        let encoder = new_encoder(&params, params.bitrate, fps)?;
+        let encoder = new_encoder(&params, params.bitrate, fps, QP_FLOORS[0])?;
         Ok(Self {
             id,
             engine,
@@ -176,6 +189,7 @@ impl Session {
                 idr_next: false,
                 gather: Vec::new(),
                 chroma: Vec::new(),
+                qp_floor: QP_FLOORS[0],
             }),
             params,
         })
@@ -201,7 +215,7 @@ impl Session {
         let new_fps = (fps != codec.fps).then_some(fps);
         if new_bitrate.is_some() || new_fps.is_some() {
             if !codec.started {
-                codec.encoder = new_encoder(&self.params, bitrate, fps)?;
+                codec.encoder = new_encoder(&self.params, bitrate, fps, codec.qp_floor)?;
             } else {
                 set_rate(&mut codec.encoder, new_bitrate, new_fps)?;
             }
@@ -241,6 +255,9 @@ impl Session {
             idr_next,
             gather,
             chroma,
+            qp_floor,
+            bitrate,
+            fps,
             ..
         } = &mut *guard;
         let dma = Status::generic(VPU_SC_DATA_TRANSFER_ERROR);
@@ -324,10 +341,33 @@ impl Session {
         if force_idr || forced || *idr_next {
             encoder.force_intra_frame();
         }
-        let bitstream = encoder.encode(&planes).map_err(|e| {
-            tracing::error!(session = self.id, error = %e, "encoder failed");
-            Status::vendor(VPU_SC_ENGINE_FAULT)
-        })?;
+        // A failed frame leaves no state behind in openh264 (nothing refers to it), so
+        // coding it again with a raised QP floor keeps the stream whole.
+        let mut retry = false;
+        let bitstream = loop {
+            if retry {
+                let next = QP_FLOORS.iter().copied().find(|&q| q > *qp_floor);
+                let Some(next) = next.filter(|_| p.rate_control != VPU_RC_CQP as u8) else {
+                    tracing::error!(session = self.id, qp_floor = *qp_floor, "encoder failed");
+                    return Err(Status::vendor(VPU_SC_ENGINE_FAULT));
+                };
+                tracing::warn!(
+                    session = self.id,
+                    qp_floor = next,
+                    "frame overflowed the encoder; raising the QP floor, coding it as an IDR"
+                );
+                *qp_floor = next;
+                *encoder = new_encoder(p, *bitrate, *fps, next)?;
+                encoder.force_intra_frame();
+            }
+            match encoder.encode(&planes) {
+                Ok(bitstream) => break bitstream,
+                Err(e) => {
+                    tracing::debug!(session = self.id, error = %e, "encoder failed a frame");
+                    retry = true;
+                }
+            }
+        };
         *started = true;
         let (frame_type, keyframe) = match bitstream.frame_type() {
             FrameType::IDR => (VPU_FRAME_TYPE_IDR, true),

@@ -492,3 +492,41 @@ fn reconfigured_bitrate_takes_effect() {
         "after reconfiguring: {a:.0} b/s"
     );
 }
+
+/// Pure noise at a generous bitrate drives openh264's QP so low that an I frame overflows
+/// its internal buffer; the engine must clamp QP and keep encoding, as hardware does.
+#[test]
+fn noise_at_a_high_bitrate_still_encodes() {
+    let mut host = Host::new(EmuConfig::default());
+    let mut p = params(320, 240, false);
+    p.bitrate = 4_000_000;
+    let session = host.create_session(&p);
+    let mut q = host.io_queue(1, 8, 1);
+    let out = host.io.alloc_dma(1 << 20).unwrap();
+    let mut decoder = openh264::decoder::Decoder::new().unwrap();
+    let len = p.stride_y as usize * usize::from(p.height) * 3 / 2;
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut decoded = 0;
+    let frames = 10;
+    for n in 0..frames {
+        let noise: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let frame = Frame::new(&host, &noise);
+        q.submit(&host.io, encode_cmd(session, &frame, &out, 1 << 20, 0));
+        let cqe = q.wait(&host.io, TIMEOUT).expect("encode completion");
+        assert_eq!(status(&cqe), OK, "frame {n}");
+        let mut packet = vec![0u8; cqe.dw0 as usize];
+        assert!(out.read(0, &mut packet));
+        if decoder.decode(&packet).expect("decodable").is_some() {
+            decoded += 1;
+        }
+    }
+    decoded += decoder.flush_remaining().unwrap().len();
+    assert_eq!(decoded, frames);
+}
