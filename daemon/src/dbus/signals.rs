@@ -110,7 +110,7 @@ pub async fn card_state(daemon: &Daemon, card: usize) {
 }
 
 /// Puts a new session on the bus (`InterfacesAdded`); its card's and the Manager's
-/// figures are announced in the background, off the caller's reply path.
+/// figures are announced by [`publish`], off the caller's reply path.
 pub async fn session_added(daemon: &Arc<Daemon>, entry: &Arc<SessionEntry>) -> zbus::Result<()> {
     let Some(conn) = daemon.connection() else {
         return Err(zbus::Error::Failure("the daemon is not on the bus".into()));
@@ -120,9 +120,7 @@ pub async fn session_added(daemon: &Arc<Daemon>, entry: &Arc<SessionEntry>) -> z
         entry: Arc::clone(entry),
     };
     conn.object_server().at(entry.path.clone(), iface).await?;
-    let d = Arc::clone(daemon);
-    let card = entry.card_index();
-    tokio::spawn(async move { card_load(&d, card).await });
+    daemon.changes.card(entry.card_index());
     Ok(())
 }
 
@@ -164,7 +162,7 @@ pub async fn session_state(daemon: &Daemon, entry: &SessionEntry) {
 }
 
 /// Announces the end of a session (`Closed(reason)`) and removes its object
-/// (`InterfacesRemoved`). The card's and the Manager's figures follow in the background.
+/// (`InterfacesRemoved`). The card's and the Manager's figures follow through [`publish`].
 pub async fn session_removed(
     daemon: &Arc<Daemon>,
     entry: &SessionEntry,
@@ -190,13 +188,10 @@ pub async fn session_removed(
         daemon.metrics.error("dbus.remove-object");
         tracing::warn!(error = %e, session = entry.id, "removing the session object failed");
     }
-    let d = Arc::clone(daemon);
-    tokio::spawn(async move {
-        match card {
-            Some(card) => card_load(&d, card).await,
-            None => manager(&d).await,
-        }
-    });
+    match card {
+        Some(card) => daemon.changes.card(card),
+        None => daemon.changes.manager(),
+    }
 }
 
 /// Announces that a session moved (`Migrated`, `Card` changed) and the two cards' loads.
@@ -215,4 +210,33 @@ pub async fn session_migrated(daemon: &Daemon, entry: &SessionEntry, from: usize
     }
     card_load(daemon, from).await;
     card_load(daemon, to).await;
+}
+
+/// How long changes are gathered before they are announced: a burst of sessions created
+/// or closed yields one `PropertiesChanged` per object, not one per session.
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Announces changed figures (card load and sessions, the Manager's sessions, load and
+/// capacity) until the daemon stops.
+pub async fn publish(daemon: Arc<Daemon>) {
+    loop {
+        daemon.changes.notify.notified().await;
+        tokio::time::sleep(COALESCE).await;
+        let (cards, manager_changed) = daemon.changes.take();
+        for card in cards {
+            if let Some(c) = daemon.cards.get(card) {
+                let (load, sessions) = {
+                    let s = lock(&daemon.sched);
+                    (s.card_load(card), s.card_sessions(card))
+                };
+                let mut props = HashMap::new();
+                props.insert("Load", Variant::U64(load));
+                props.insert("ActiveSessions", Variant::U32(sessions));
+                changed(&daemon, c.path.as_str(), CARD, props).await;
+            }
+        }
+        if manager_changed {
+            manager(&daemon).await;
+        }
+    }
 }

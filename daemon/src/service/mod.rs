@@ -210,6 +210,7 @@ pub async fn run(
         .await
         .map_err(ServiceError::Serve)?;
     let watcher = tokio::spawn(dbus::watch_clients(Arc::clone(&daemon), conn.clone()));
+    let publisher = tokio::spawn(dbus::signals::publish(Arc::clone(&daemon)));
     let reply = conn
         .request_name_with_flags(dbus::BUS_NAME, zbus::fdo::RequestNameFlags::DO_NOT_QUEUE)
         .await
@@ -270,6 +271,7 @@ pub async fn run(
     }
     let _ = conn.release_name(dbus::BUS_NAME).await;
     watcher.abort();
+    publisher.abort();
     for c in &daemon.cards {
         match tokio::time::timeout(Duration::from_secs(5), c.card.shutdown()).await {
             Ok(Ok(())) => tracing::info!(card = %c.name, "card shut down"),

@@ -157,6 +157,39 @@ impl SessionEntry {
     }
 }
 
+/// Which objects' figures (load, sessions) changed since they were last announced. The
+/// announcing task (`dbus::signals::publish`) coalesces bursts into one
+/// `PropertiesChanged` per object.
+#[derive(Debug, Default)]
+pub struct Changes {
+    cards: Mutex<std::collections::BTreeSet<usize>>,
+    manager: AtomicBool,
+    pub notify: tokio::sync::Notify,
+}
+
+impl Changes {
+    /// Card `card`'s figures (and so the Manager's) changed.
+    pub fn card(&self, card: usize) {
+        lock(&self.cards).insert(card);
+        self.manager();
+    }
+
+    /// The Manager's figures changed.
+    pub fn manager(&self) {
+        self.manager.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Takes what changed: (cards, manager).
+    pub fn take(&self) -> (Vec<usize>, bool) {
+        let cards = std::mem::take(&mut *lock(&self.cards));
+        (
+            cards.into_iter().collect(),
+            self.manager.swap(false, Ordering::AcqRel),
+        )
+    }
+}
+
 /// Everything the daemon shares between its tasks.
 #[derive(Debug)]
 pub struct Daemon {
@@ -169,6 +202,8 @@ pub struct Daemon {
     departed: Mutex<Departed>,
     next_session: AtomicU64,
     pub metrics: Arc<Metrics>,
+    /// Figures to announce.
+    pub changes: Changes,
     conn: OnceLock<Connection>,
     pub shutting_down: AtomicBool,
 }
@@ -193,6 +228,7 @@ impl Daemon {
             departed: Mutex::new(Departed::default()),
             next_session: AtomicU64::new(0),
             metrics,
+            changes: Changes::default(),
             conn: OnceLock::new(),
             shutting_down: AtomicBool::new(false),
         }
