@@ -6,9 +6,11 @@
 //!
 //! - [`process`]: `vpud` as a child process with emulated cards and a configuration file;
 //!   samples of its RSS, open descriptors, mapped frame buffers and DMA mappings;
-//! - [`soak`]: the soak run and its report;
-//! - [`surge`]: the surge run and its report.
+//! - [`soak`]: the soak run; [`soak_report`]: its figures and verdict;
+//! - [`surge`]: the surge run; [`surge_report`]: its figures and verdict.
 
 pub mod process;
 pub mod soak;
+pub mod soak_report;
 pub mod surge;
+pub mod surge_report;
