@@ -210,8 +210,8 @@ async fn encode_through_hang_engine() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encode_through_lost_interrupt() {
-    // The card does not count a swallowed interrupt as an error: the completion is
-    // reaped with the next one. The output must be complete all the same.
+    // A swallowed interrupt does not show in the card's Errors count (the session's
+    // commands still complete); the output must be complete all the same.
     encode_through("lost-interrupt", &[], false).await;
 }
 
