@@ -1,0 +1,311 @@
+//! Faults met by the real `vpuctl encode`: a daemon with two emulated cards on a private
+//! bus, `vpuctl encode` reading a generated Y4M clip from a pipe, and `vpuctl inject`
+//! striking the card the session is on once the session has delivered frames. The output
+//! must hold every frame (`ffprobe -count_frames`) and decode cleanly (`ffmpeg`, Debian
+//! package `ffmpeg`); faults that reset the card must show in its `Errors` count.
+//!
+//! Also a daemon killed under its client: the client's next send or receive fails
+//! promptly, and a new daemon on the same bus serves new sessions.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vpu_driver::media::{TestPattern, Y4mHeader, Y4mWriter};
+use vpud::bus::PrivateBus;
+use vpud::client::{Client, SessionParams};
+use vpud::config::Config;
+use vpud::service::Embedded;
+use zbus::OwnedObjectPath;
+
+const VPUCTL: &str = env!("CARGO_BIN_EXE_vpuctl");
+const VPUD: &str = env!("CARGO_BIN_EXE_vpud");
+const WIDTH: u32 = 320;
+const HEIGHT: u32 = 240;
+/// Long enough that the fault lands mid-encode, however fast the machine (`vpuctl` reads
+/// regular files only, so the clip cannot be paced through a pipe).
+const FRAMES: u64 = 1200;
+/// The fault waits until this many frames came out encoded.
+const BEFORE: u64 = 30;
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn config() -> Config {
+    let mut c = Config::default();
+    // Hung commands are noticed within seconds, with room for a loaded machine.
+    c.timeouts.command_ms = 1500;
+    // No engine-log reads: the injected fault meets the session's own commands.
+    c.scheduler.load_sample_interval_ms = 60_000;
+    c.scheduler.measured_load_weight = 0.0;
+    c
+}
+
+/// Writes the clip: `FRAMES` frames of a moving test pattern.
+fn write_clip(path: &Path) {
+    let header = Y4mHeader::new(WIDTH, HEIGHT, 25, 1);
+    let pattern = TestPattern::new(WIDTH, HEIGHT);
+    let file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut w = Y4mWriter::new(file, &header).unwrap();
+    for n in 0..FRAMES {
+        w.write_frame(&pattern.frame(n)).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+/// `ffprobe`'s count of decoded frames of the first video stream.
+fn frame_count(path: &Path) -> u64 {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames", "-of", "json"])
+        .arg(path)
+        .output()
+        .expect("ffprobe (Debian package ffmpeg) must be installed");
+    assert!(
+        out.status.success(),
+        "ffprobe {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["streams"][0]["nb_read_frames"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Decodes the whole file with `ffmpeg`, failing on any decode error.
+fn decodes_cleanly(path: &Path) {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-xerror", "-i"])
+        .arg(path)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "ffmpeg decode of {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Polls `check` every 20 ms until it returns a value or `within` passes.
+async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < within, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Encodes the clip with `vpuctl encode` against a two-card daemon, injecting `kind` (with
+/// `extra` flags) into the session's card after `BEFORE` frames came out. `resets` says
+/// whether the fault must be counted in the card's `Errors`.
+async fn encode_through(kind: &str, extra: &[&str], resets: bool) {
+    let daemon = Embedded::start(2, config()).await.unwrap();
+    let bus = daemon.address().to_string();
+    let client = Client::connect(Some(&bus)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let output = dir.path().join("out.h264");
+    let input = dir.path().join("clip.y4m");
+    write_clip(&input);
+
+    let child = Command::new(VPUCTL)
+        .args(["--bus", &bus, "encode"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .args(["--bitrate", "500k", "--gop", "30"])
+        .env_remove("VPUD_BUS_ADDRESS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // The session vpuctl opened, once it has delivered BEFORE frames.
+    let session = wait_for("the session's first frames", DEADLINE, || async {
+        let sessions = client.sessions().await.ok()?;
+        let s = sessions.into_iter().find(|s| s.frames_out >= BEFORE)?;
+        Some((s.path, s.card, s.frames_out))
+    })
+    .await;
+    let (session, card, out_at_fault) = session;
+    let card_path = OwnedObjectPath::try_from(card.clone()).unwrap();
+    let errors_before = client.card_info(&card_path).await.unwrap().errors;
+
+    let mut args = vec!["--bus", &bus, "inject", &card, kind];
+    args.extend_from_slice(extra);
+    let inject = Command::new(VPUCTL)
+        .args(&args)
+        .env_remove("VPUD_BUS_ADDRESS")
+        .output()
+        .unwrap();
+    assert!(
+        inject.status.success(),
+        "vpuctl inject {kind}: {}",
+        String::from_utf8_lossy(&inject.stderr)
+    );
+
+    // The fault struck while the session was encoding, not after it.
+    assert!(
+        out_at_fault < FRAMES - BEFORE,
+        "{kind}: the encode was nearly done ({out_at_fault} frames) before the fault"
+    );
+    let out = tokio::time::timeout(
+        DEADLINE,
+        tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{kind}: vpuctl encode did not finish"))
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{kind}: vpuctl encode failed: {stdout}{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{kind}: {stderr}");
+    assert!(
+        stdout.contains(&format!("{FRAMES} frames {WIDTH}x{HEIGHT}")),
+        "{kind}: {stdout}"
+    );
+    assert_eq!(frame_count(&output), FRAMES, "{kind}: frames in the output");
+    decodes_cleanly(&output);
+
+    if resets {
+        // The fault is counted on the card it struck (the reset may still be running).
+        let errors = wait_for("the card's error count", DEADLINE, || async {
+            let e = client.card_info(&card_path).await.ok()?.errors;
+            (e > errors_before).then_some(e)
+        })
+        .await;
+        assert!(errors > errors_before, "{kind}");
+    }
+    // The session is gone with vpuctl.
+    wait_for("the session to close", DEADLINE, || async {
+        let sessions = client.sessions().await.ok()?;
+        (!sessions.iter().any(|s| s.path == session)).then_some(())
+    })
+    .await;
+    drop(client);
+    daemon.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encode_through_hang_engine() {
+    encode_through("hang-engine", &[], true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encode_through_lost_interrupt() {
+    // A swallowed interrupt does not show in the card's Errors count (the session's
+    // commands still complete); the output must be complete all the same.
+    encode_through("lost-interrupt", &[], false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encode_through_fatal_status() {
+    encode_through("fatal-status", &[], true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encode_through_corrupt_completion() {
+    encode_through("corrupt-completion", &["--count", "1"], true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encode_through_slow_engine() {
+    // A slow engine is not a fault to recover from: the encode only takes longer.
+    encode_through("slow-engine", &["--duration-ms", "2000"], false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encode_through_surprise_removal() {
+    encode_through("surprise-removal", &[], true).await;
+}
+
+/// A `vpud` child process on `bus` with two emulated cards, once it serves.
+fn spawn_vpud(bus: &str) -> Child {
+    let mut child = Command::new(VPUD)
+        .args(["--bus", bus, "--emulate", "2", "--print-address"])
+        .env("VPUD_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), bus, "vpud did not report serving");
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_killed_daemon_fail_promptly_and_a_new_daemon_serves() {
+    let bus = PrivateBus::start().unwrap();
+    let mut vpud = spawn_vpud(bus.address());
+    let client = Client::connect(Some(bus.address())).await.unwrap();
+    let params = SessionParams::h264(WIDTH, HEIGHT, 30);
+    let pattern = TestPattern::new(WIDTH, HEIGHT);
+    let mut session = client.create_session(&params).await.unwrap();
+    for n in 0..5 {
+        session
+            .send_frame(&pattern.frame(n), n, false)
+            .await
+            .unwrap();
+    }
+    let packets = session.drain().await.unwrap();
+    assert_eq!(packets.len(), 5);
+
+    vpud.kill().unwrap();
+    vpud.wait().unwrap();
+
+    // The next send, or the receive after it, fails; neither hangs.
+    let failed = tokio::time::timeout(Duration::from_secs(5), async {
+        for n in 5..20 {
+            if let Err(e) = session.send_frame(&pattern.frame(n), n, false).await {
+                return e;
+            }
+            if let Err(e) = session.next_packet().await {
+                return e;
+            }
+        }
+        panic!("15 frames went to a killed daemon without an error");
+    })
+    .await
+    .expect("the client hung on a killed daemon");
+    assert!(!failed.to_string().is_empty());
+
+    // A new daemon on the same bus serves new sessions, to the same client.
+    let mut vpud = spawn_vpud(bus.address());
+    let mut session = wait_for("a session on the new daemon", DEADLINE, || async {
+        client.create_session(&params).await.ok()
+    })
+    .await;
+    for n in 0..10 {
+        session
+            .send_frame(&pattern.frame(n), n, false)
+            .await
+            .unwrap();
+    }
+    let packets = session.drain().await.unwrap();
+    assert_eq!(packets.len(), 10);
+    assert!(packets[0].keyframe);
+    session.close().await.unwrap();
+    vpud.kill().unwrap();
+    vpud.wait().unwrap();
+}
