@@ -128,6 +128,40 @@ fn encode_y4m_to_annexb_and_mp4() {
 }
 
 #[test]
+fn encode_reads_y4m_from_a_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("clip.y4m");
+    write_y4m(&input, 160, 96, 25);
+    let output = dir.path().join("piped.h264");
+    let mut child = Command::new(VPUCTL)
+        .args(["--emulate", "1", "encode", "/dev/stdin", "-o"])
+        .arg(&output)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bytes = std::fs::read(&input).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        // Small writes, as a live producer would make them.
+        for chunk in bytes.chunks(4096) {
+            stdin.write_all(chunk).unwrap();
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(probe(&output), ("h264".to_string(), 160, 96, 25));
+    decodes_cleanly(&output);
+}
+
+#[test]
 fn encode_raw_i420_needs_and_uses_size() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("clip.yuv");

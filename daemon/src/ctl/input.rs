@@ -39,11 +39,14 @@ impl Input {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = File::open(path).map_err(read_err)?;
-        let mut magic = [0u8; 10];
-        let got = read_up_to(&mut file, &mut magic).map_err(read_err)?;
-        if &magic[..got] == Y4M_MAGIC {
-            return Input::open_y4m(path);
+        // One open, so that pipes and /dev/stdin work: the signature is peeked from the
+        // buffer, not read and then read again. Only a regular file has a known length.
+        let file = File::open(path).map_err(read_err)?;
+        let meta = file.metadata().map_err(read_err)?;
+        let len = meta.is_file().then(|| meta.len());
+        let mut file = BufReader::with_capacity(1 << 20, file);
+        if file.fill_buf().map_err(read_err)?.starts_with(Y4M_MAGIC) {
+            return Input::open_y4m(path, file, len);
         }
         let Some((width, height)) = size else {
             return Err(CtlError::BadInput {
@@ -52,11 +55,10 @@ impl Input {
                     .into(),
             });
         };
-        let file = File::open(path).map_err(read_err)?;
-        let len = file.metadata().map_err(read_err)?.len();
         let (w, h) = (width as usize, height as usize);
         let frame_size = w * h + 2 * (w.div_ceil(2) * h.div_ceil(2));
-        if len == 0 || len % frame_size as u64 != 0 {
+        if len.is_some_and(|len| len == 0 || len % frame_size as u64 != 0) {
+            let len = len.unwrap_or_default();
             return Err(CtlError::BadInput {
                 path: path.to_path_buf(),
                 what: format!(
@@ -70,19 +72,20 @@ impl Input {
             height,
             fps,
             frame_size,
-            frames: Some(len / frame_size as u64),
-            source: Source::Raw(BufReader::with_capacity(1 << 20, file)),
+            frames: len.map(|len| len / frame_size as u64),
+            source: Source::Raw(file),
         })
     }
 
-    fn open_y4m(path: &Path) -> Result<Input, CtlError> {
+    fn open_y4m(
+        path: &Path,
+        mut file: BufReader<File>,
+        len: Option<u64>,
+    ) -> Result<Input, CtlError> {
         let read_err = |source| CtlError::ReadInput {
             path: path.to_path_buf(),
             source,
         };
-        let file = File::open(path).map_err(read_err)?;
-        let len = file.metadata().map_err(read_err)?.len();
-        let mut file = BufReader::with_capacity(1 << 20, file);
         let header_len = file
             .fill_buf()
             .map_err(read_err)?
@@ -97,8 +100,10 @@ impl Input {
         let frame_size = h.frame_size();
         // Exact when every frame header is a bare "FRAME\n", as nearly all files have.
         let per_frame = frame_size as u64 + 6;
-        let body = len.saturating_sub(header_len);
-        let frames = (body % per_frame == 0).then_some(body / per_frame);
+        let frames = len.and_then(|len| {
+            let body = len.saturating_sub(header_len);
+            (body % per_frame == 0).then_some(body / per_frame)
+        });
         if h.fps_num == 0 || h.fps_den == 0 {
             return Err(CtlError::BadInput {
                 path: path.to_path_buf(),
