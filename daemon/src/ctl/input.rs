@@ -43,7 +43,7 @@ impl Input {
         // buffer, not read and then read again. Only a regular file has a known length.
         let file = File::open(path).map_err(read_err)?;
         let meta = file.metadata().map_err(read_err)?;
-        let len = meta.is_file().then(|| meta.len());
+        let len = meta.is_file().then_some(meta.len());
         let mut file = BufReader::with_capacity(1 << 20, file);
         if file.fill_buf().map_err(read_err)?.starts_with(Y4M_MAGIC) {
             return Input::open_y4m(path, file, len);
