@@ -245,21 +245,17 @@ impl<R: BufRead> Y4mReader<R> {
             });
         }
         let expected = self.header.stored_frame_size();
-        buf.resize(expected, 0);
-        let mut got = 0;
-        while got < expected {
-            match self.inner.read(&mut buf[got..]) {
-                Ok(0) => {
-                    return Err(MediaError::TruncatedFrame {
-                        frame,
-                        got,
-                        expected,
-                    })
-                }
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
+        // The buffer grows with the bytes that arrive (its capacity is kept from frame to
+        // frame), so a header declaring a huge picture costs memory only if the data is
+        // really there.
+        buf.clear();
+        let got = (&mut self.inner).take(expected as u64).read_to_end(buf)?;
+        if got < expected {
+            return Err(MediaError::TruncatedFrame {
+                frame,
+                got,
+                expected,
+            });
         }
         if self.header.is_mono() {
             // Neutral chroma turns a luma-only picture into a grey I420 one.
@@ -421,6 +417,26 @@ mod tests {
         ));
         let long = format!("YUV4MPEG2 W4 H2 F25:1 X{}\n", "a".repeat(10_000));
         assert!(matches!(e(&long), MediaError::HeaderTooLong { .. }));
+    }
+
+    #[test]
+    fn a_huge_declared_frame_costs_only_the_bytes_that_arrive() {
+        let s = stream("YUV4MPEG2 W16384 H16384 F25:1\n", &[&[7; 1000]]);
+        let mut r = Y4mReader::new(&s[..]).unwrap();
+        let mut buf = Vec::new();
+        assert!(matches!(
+            r.read_frame(&mut buf).unwrap_err(),
+            MediaError::TruncatedFrame {
+                frame: 0,
+                got: 1000,
+                expected: 402_653_184
+            }
+        ));
+        assert!(
+            buf.capacity() < 1 << 20,
+            "{} bytes reserved",
+            buf.capacity()
+        );
     }
 
     #[test]
