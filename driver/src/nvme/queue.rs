@@ -353,6 +353,19 @@ impl QueuePair {
         consumed
     }
 
+    /// Whether a command is in flight and the device has posted a completion entry that
+    /// has not been consumed yet (the entry at the head has the current phase).
+    pub fn completion_posted(&self) -> bool {
+        if self.in_flight() == 0 {
+            return false;
+        }
+        let cq = lock(&self.cq_state);
+        let at = usize::from(cq.head) * VPU_CQE_SIZE as usize;
+        self.cq
+            .read_u32(at + offset_of!(vpu_cqe, cid))
+            .is_some_and(|word| ((word >> 16) & VPU_CQE_PHASE != 0) == cq.phase)
+    }
+
     /// Interrupt mode, after a silent sweep interval: consumes completions that arrived
     /// without their interrupt, counting them as lost interrupts.
     pub fn sweep(&self) {
