@@ -316,25 +316,38 @@ impl Daemon {
 }
 
 /// Unique names that left the bus. Unique names are never reused on a bus, so a name
-/// seen leaving stays gone; only the most recent are kept, since the race they guard
-/// against lasts a method call.
+/// seen leaving stays gone. The race this guards against lasts one `CreateSession` call,
+/// so a name is remembered for [`Departed::KEEP_FOR`] and at most [`Departed::KEEP`] names
+/// are held: memory stays bounded however many clients come and go. (A session created
+/// for a name forgotten sooner still ends: the bus drops the reply carrying the client's
+/// end of the channel, and the channel closing ends the session.)
 #[derive(Debug, Default)]
 struct Departed {
-    order: std::collections::VecDeque<String>,
-    names: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<(std::time::Instant, Arc<str>)>,
+    names: std::collections::HashSet<Arc<str>>,
 }
 
 impl Departed {
     const KEEP: usize = 65_536;
+    const KEEP_FOR: std::time::Duration = std::time::Duration::from_secs(120);
 
     fn insert(&mut self, name: &str) {
-        if self.names.insert(name.to_owned()) {
-            self.order.push_back(name.to_owned());
-            if self.order.len() > Self::KEEP {
-                if let Some(old) = self.order.pop_front() {
-                    self.names.remove(&old);
-                }
+        let now = std::time::Instant::now();
+        while let Some((at, old)) = self.order.front() {
+            if self.order.len() < Self::KEEP && now.duration_since(*at) < Self::KEEP_FOR {
+                break;
             }
+            self.names.remove(old);
+            self.order.pop_front();
+        }
+        if !self.names.contains(name) {
+            let name: Arc<str> = Arc::from(name);
+            self.names.insert(Arc::clone(&name));
+            self.order.push_back((now, name));
+        }
+        if self.order.len() * 4 < self.order.capacity() && self.order.capacity() > 1024 {
+            self.order.shrink_to_fit();
+            self.names.shrink_to_fit();
         }
     }
 
