@@ -31,6 +31,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    service::memory::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("VPUD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),

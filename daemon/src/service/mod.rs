@@ -3,6 +3,7 @@
 //! (for `vpuctl --emulate`, `vpuctl demo` and tests).
 
 pub mod health;
+pub mod memory;
 pub mod state;
 
 use std::future::Future;
@@ -239,6 +240,7 @@ pub async fn run(
         });
     }
     let monitor = tokio::spawn(health::monitor(Arc::clone(&daemon)));
+    let trimmer = tokio::spawn(memory::trimmer(Arc::clone(&daemon)));
 
     let watchdog = notifier.as_ref().and(notify::watchdog_interval());
     let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
@@ -262,6 +264,7 @@ pub async fn run(
     }
     daemon.shutting_down.store(true, Ordering::Release);
     monitor.abort();
+    trimmer.abort();
     let sessions = daemon.all_sessions();
     for s in &sessions {
         s.request_close(Some(ErrorCode::Shutdown), "the daemon is stopping");
