@@ -387,6 +387,8 @@ impl Controller {
         if let Some(old) = old {
             old.kill(disabled.is_ok());
         }
+        // Spare list pages are in no command, so the device cannot reach them.
+        self.pool.clear();
         disabled?;
         self.bring_up().await
     }

@@ -64,7 +64,9 @@ pub(crate) fn fill_lists(entries: &[u64], list_iovas: &[u64], per_page: usize) -
     lists
 }
 
-/// Spare PRP list pages of one controller.
+/// Spare PRP list pages of one controller: at most [`PrpPagePool::MAX_SPARE`] are kept
+/// for reuse (enough for every command of a full queue moving several megabytes); pages
+/// beyond that are unmapped when their command completes.
 #[derive(Debug)]
 pub(crate) struct PrpPagePool {
     io: Arc<dyn DeviceIo>,
@@ -77,6 +79,20 @@ impl PrpPagePool {
             io,
             free: Mutex::new(Vec::new()),
         })
+    }
+
+    pub const MAX_SPARE: usize = 128;
+
+    /// Unmaps every spare page (a reset: the working set starts again from nothing).
+    pub fn clear(&self) {
+        let spare = std::mem::take(&mut *self.free.lock().unwrap_or_else(|p| p.into_inner()));
+        drop(spare);
+    }
+
+    /// Spare pages held now.
+    #[cfg(test)]
+    pub fn spare(&self) -> usize {
+        self.free.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     fn take(&self) -> Result<DmaBuffer, crate::io::IoError> {
@@ -98,8 +114,17 @@ pub(crate) struct ListPages {
 impl Drop for ListPages {
     fn drop(&mut self) {
         if let Some(pool) = &self.pool {
-            let mut free = pool.free.lock().unwrap_or_else(|p| p.into_inner());
-            free.extend(self.pages.drain(..).filter(DmaBuffer::is_unique));
+            let mut pages = std::mem::take(&mut self.pages);
+            pages.retain(DmaBuffer::is_unique);
+            {
+                let mut free = pool.free.lock().unwrap_or_else(|p| p.into_inner());
+                let keep = pages
+                    .len()
+                    .min(PrpPagePool::MAX_SPARE.saturating_sub(free.len()));
+                free.extend(pages.drain(..keep));
+            }
+            // Pages beyond the cap unmap here, outside the lock.
+            drop(pages);
         }
     }
 }

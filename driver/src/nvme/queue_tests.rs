@@ -325,3 +325,27 @@ async fn random_completion_entries_match_the_model() {
         "the random entries exercised rejection ({rejected})"
     );
 }
+
+#[test]
+fn spare_prp_list_pages_are_capped_and_a_reset_releases_them() {
+    use super::command::DataPointer;
+    use crate::io::DeviceIoExt;
+    let device = Doorbells::new();
+    let io: Arc<dyn DeviceIo> = device.clone();
+    let pool = PrpPagePool::new(Arc::clone(&io));
+    // 4 MiB in 4 KiB pages needs PRP list pages for every command.
+    let buffer = io.alloc_dma(4 << 20).unwrap();
+    let data = DataPointer::Buffer {
+        buffer,
+        offset: 0,
+        len: 4 << 20,
+    };
+    let held: Vec<_> = (0..100)
+        .map(|_| super::prp::build("unit", &pool, Some(&data)).unwrap())
+        .collect();
+    assert_eq!(pool.spare(), 0);
+    drop(held);
+    assert_eq!(pool.spare(), PrpPagePool::MAX_SPARE);
+    pool.clear();
+    assert_eq!(pool.spare(), 0);
+}
