@@ -17,8 +17,9 @@ struct Args {
     /// Length of the measured run, minutes (fractions allowed).
     #[arg(long, default_value_t = 10.0)]
     minutes: f64,
-    /// Warm-up before the reference sample, seconds.
-    #[arg(long, default_value_t = 30)]
+    /// Warm-up before the reference sample, seconds: long enough for the cards' spare
+    /// buffer pools to reach their working size.
+    #[arg(long, default_value_t = 120)]
     warmup: u64,
     /// Emulated cards.
     #[arg(long, default_value_t = 2)]

@@ -341,8 +341,8 @@ async fn gone(monitor: &Client, path: &OwnedObjectPath) -> Result<()> {
     }
 }
 
-/// Waits until no session is open and every frame pool is unmapped, so that a sample
-/// sees the idle daemon.
+/// Waits until no session is open, every frame pool is unmapped and the daemon has had
+/// time to trim its heap, so that a sample sees the idle daemon.
 async fn quiesce(ctx: &Ctx, pid: u32) -> Result<()> {
     let start = Instant::now();
     loop {
@@ -363,6 +363,7 @@ async fn quiesce(ctx: &Ctx, pid: u32) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // An idle daemon gives the heap its sessions freed back within one trim period.
+    tokio::time::sleep(vpud::service::memory::TRIM_EVERY + Duration::from_secs(1)).await;
     Ok(())
 }
