@@ -83,7 +83,11 @@ impl Worker {
             };
             let placement = match placement {
                 Ok(p) => p,
-                Err(e) if waited => return Err(failed(format!("the session could not move: {e}"))),
+                Err(e) if waited => {
+                    return Err(failed(format!(
+                        "no card could take the session after the reset: {e}"
+                    )))
+                }
                 Err(e) => {
                     if let Err(why) = self.await_reset(&from, old_epoch).await? {
                         return Err(failed(format!(
