@@ -1,7 +1,8 @@
 //! Card faults injected through `org.vpud.Vpud1.Emulator.InjectFault` while a session is
 //! encoding: the session moves to the other card (`Migrated`), the client's output has
 //! every frame exactly once in pts order and decodes cleanly, and the failed card is reset
-//! and comes back. With no other card, the session ends with `card-failed`.
+//! and comes back. With no other card, the session waits for the reset and goes back onto
+//! the card; if the reset fails, it ends with `card-failed`.
 
 #![allow(clippy::unwrap_used)]
 
@@ -132,18 +133,101 @@ async fn corrupt_completions_move_the_session() {
     survives("corrupt-completion", o, "online").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_no_other_card_the_session_ends_with_card_failed() {
+/// A stream of the session's `Migrated` and `Closed` signals.
+async fn session_signals(conn: &zbus::Connection, path: &str) -> zbus::MessageStream {
+    zbus::MessageStream::for_match_rule(
+        zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .interface(SESSION)
+            .path(path)
+            .build()
+            .unwrap(),
+        conn,
+        None,
+    )
+    .await
+    .unwrap()
+}
+
+async fn next_signal(stream: &mut zbus::MessageStream) -> (String, zbus::Message) {
+    let m = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    (m.header().member().unwrap().to_string(), m)
+}
+
+/// With no other card, a session on a card that faults waits for the card's reset and
+/// goes back onto it: `Migrated(card, card)`, every frame once in order.
+async fn returns_after_the_reset(kind: &str) {
     let d = start(1, config()).await.unwrap();
     let conn = connect(&d).await.unwrap();
-    let (_path, fd) = create_session(&conn, &params(320, 240, 30)).await.unwrap();
+    let (path, fd) = create_session(&conn, &params(320, 240, 30)).await.unwrap();
+    let mut signals = session_signals(&conn, path.as_str()).await;
+    let mut ch = Channel::open(fd).await.unwrap();
+    let clip = synthetic_clip(320, 240, 40);
+    let mut packets = ch.encode(&clip[..10]).await.unwrap();
+    inject(&conn, "/org/vpud/Vpud1/card/0", kind, HashMap::new()).await;
+    packets.extend(ch.encode(&clip[10..]).await.unwrap());
+    let pts: Vec<u64> = packets.iter().map(|p| p.pts).collect();
+    assert_eq!(
+        pts,
+        (0..40).collect::<Vec<u64>>(),
+        "{kind}: every frame once, in order"
+    );
+    let stream: Vec<u8> = packets.iter().flat_map(|p| p.data.clone()).collect();
+    assert_eq!(
+        decode_openh264(&stream).unwrap().len(),
+        40,
+        "{kind}: decodes"
+    );
+    assert!(
+        packets[10..].iter().any(|p| p.keyframe),
+        "{kind}: a keyframe after the reset"
+    );
+    let (member, m) = next_signal(&mut signals).await;
+    assert_eq!(member, "Migrated", "{kind}");
+    let (from, to): (OwnedObjectPath, OwnedObjectPath) = m.body().deserialize().unwrap();
+    assert_eq!(
+        (from.as_str(), to.as_str()),
+        ("/org/vpud/Vpud1/card/0", "/org/vpud/Vpud1/card/0"),
+        "{kind}"
+    );
+    assert_eq!(ch.finish().await.unwrap(), (40, 40));
+    let state: String = property(&conn, "/org/vpud/Vpud1/card/0", CARD, "State")
+        .await
+        .unwrap();
+    assert_eq!(state, "online", "{kind}");
+    let errors: u64 = property(&conn, "/org/vpud/Vpud1/card/0", CARD, "Errors")
+        .await
+        .unwrap();
+    assert!(errors > 0, "{kind}: errors counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_other_card_the_session_returns_after_fatal_status() {
+    returns_after_the_reset("fatal-status").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_other_card_the_session_returns_after_a_hang() {
+    returns_after_the_reset("hang-engine").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_other_card_and_a_failed_reset_the_session_ends_with_card_failed() {
+    let d = start(1, config()).await.unwrap();
+    let conn = connect(&d).await.unwrap();
+    let (path, fd) = create_session(&conn, &params(320, 240, 30)).await.unwrap();
+    let mut signals = session_signals(&conn, path.as_str()).await;
     let mut ch = Channel::open(fd).await.unwrap();
     let clip = synthetic_clip(320, 240, 10);
     ch.encode(&clip[..5]).await.unwrap();
     inject(
         &conn,
         "/org/vpud/Vpud1/card/0",
-        "fatal-status",
+        "surprise-removal",
         HashMap::new(),
     )
     .await;
@@ -152,15 +236,18 @@ async fn with_no_other_card_the_session_ends_with_card_failed() {
         err.contains(&format!("channel error {}", ErrorCode::CardFailed as u32)),
         "{err}"
     );
+    let (member, m) = next_signal(&mut signals).await;
+    assert_eq!(member, "Closed");
+    let reason: String = m.body().deserialize().unwrap();
+    assert!(
+        reason.contains("no other card could take the session") && reason.contains("failed"),
+        "{reason}"
+    );
     eventually(Duration::from_secs(10), || async {
         let s: Vec<OwnedObjectPath> = property(&conn, ROOT, MANAGER, "Sessions").await?;
         let state: String = property(&conn, "/org/vpud/Vpud1/card/0", CARD, "State").await?;
-        Ok(s.is_empty() && state == "online")
+        Ok(s.is_empty() && state == "failed")
     })
     .await
     .unwrap();
-    // The reset card serves new sessions.
-    let (_p, fd) = create_session(&conn, &params(320, 240, 30)).await.unwrap();
-    let mut ch = Channel::open(fd).await.unwrap();
-    assert_eq!(ch.encode(&clip).await.unwrap().len(), 10);
 }

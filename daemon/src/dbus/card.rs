@@ -2,7 +2,6 @@
 //! beside it on emulated cards.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use vpu_driver::emu::{EmulatedCard, Fault};
@@ -175,7 +174,7 @@ impl CardIface {
 
     #[zbus(property)]
     fn errors(&self) -> u64 {
-        self.card.errors.load(Ordering::Relaxed)
+        self.card.errors_total()
     }
 }
 

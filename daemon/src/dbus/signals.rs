@@ -87,7 +87,7 @@ pub async fn card_load(daemon: &Daemon, card: usize) {
 pub async fn card_errors(daemon: &Daemon, card: usize) {
     if let Some(c) = daemon.cards.get(card) {
         let mut props = HashMap::new();
-        props.insert("Errors", Variant::U64(c.errors.load(Ordering::Relaxed)));
+        props.insert("Errors", Variant::U64(c.errors_total()));
         changed(daemon, c.path.as_str(), CARD, props).await;
     }
 }
@@ -101,7 +101,7 @@ pub async fn card_state(daemon: &Daemon, card: usize) {
         };
         let mut props = HashMap::new();
         props.insert("State", Variant::from(daemon.card_state(card).as_str()));
-        props.insert("Errors", Variant::U64(c.errors.load(Ordering::Relaxed)));
+        props.insert("Errors", Variant::U64(c.errors_total()));
         props.insert("Load", Variant::U64(load));
         props.insert("ActiveSessions", Variant::U32(sessions));
         changed(daemon, c.path.as_str(), CARD, props).await;

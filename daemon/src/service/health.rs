@@ -1,6 +1,7 @@
-//! Card health: device faults lead to a reset (sessions on the card move to other cards,
-//! or end with a `card-failed` error where none can take them), and a monitor samples each card's measured load and watches for
-//! controller fatal status.
+//! Card health: device faults lead to a reset (sessions on the card move to other cards;
+//! those no other card can take wait for the reset and go back onto the card, or end with
+//! a `card-failed` error if it fails), and a monitor samples each card's measured load,
+//! watches for controller fatal status, and announces changes of `Card.Errors`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -35,8 +36,11 @@ pub fn card_fault(daemon: &Arc<Daemon>, card: usize, reason: &str) {
     });
 }
 
-/// Resets a card: state `resetting`, its sessions end, controller reset and bring-up,
-/// then back to its previous state (`online` or `draining`), or `failed`.
+/// Resets a card: state `resetting`; its sessions move to other cards, or, where none can
+/// take them, wait for the reset (see `session::migrate`); controller reset and bring-up;
+/// then back to its previous state (`online` or `draining`), or `failed`; and the card's
+/// reset epoch moves on, which lets the waiting sessions go back onto the card (or end
+/// with `card-failed` if it failed).
 pub async fn reset_card(daemon: &Arc<Daemon>, card: usize, reason: &str) -> Result<(), CardError> {
     let entry = Arc::clone(&daemon.cards[card]);
     let Ok(_guard) = entry.reset_lock.try_lock() else {
@@ -46,23 +50,31 @@ pub async fn reset_card(daemon: &Arc<Daemon>, card: usize, reason: &str) -> Resu
     let previous = lock(&daemon.sched).set_state(card, CardState::Resetting);
     tracing::warn!(card = %entry.name, reason, "resetting card");
     crate::dbus::signals::card_state(daemon, card).await;
-    // Sessions move to other cards; those that cannot end with `card-failed`.
+    // Sessions move to other cards; those that cannot wait for this reset (they are not
+    // waited for here: they wait for us).
+    let epoch = entry.reset_epoch();
     let sessions = daemon.sessions_on(card);
     for s in &sessions {
         s.request_migrate(
             card,
+            epoch,
             &format!("card {} is being reset ({reason})", entry.name),
         );
     }
     let deadline = tokio::time::Instant::now() + SESSIONS_END_WAIT;
     while tokio::time::Instant::now() < deadline
-        && sessions
-            .iter()
-            .any(|s| s.card_index() == card && !*s.finished.borrow())
+        && sessions.iter().any(|s| {
+            s.card_index() == card
+                && !*s.finished.borrow()
+                && !s.awaiting_reset.load(Ordering::Acquire)
+        })
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     for s in daemon.sessions_on(card) {
+        if s.awaiting_reset.load(Ordering::Acquire) {
+            continue;
+        }
         s.request_close(
             Some(ErrorCode::CardFailed),
             &format!(
@@ -86,60 +98,90 @@ pub async fn reset_card(daemon: &Arc<Daemon>, card: usize, reason: &str) -> Resu
         tracing::info!(card = %entry.name, state = next.as_str(), "card reset and back");
     }
     lock(&daemon.sched).set_state(card, next);
+    // After the state: a session woken by the new epoch finds the card's new state.
+    entry.resets.send_modify(|e| *e += 1);
     crate::dbus::signals::card_state(daemon, card).await;
     crate::dbus::signals::card_load(daemon, card).await;
     result
 }
 
-/// Samples every card's engine log for the measured load and checks for fatal status,
-/// every `scheduler.load_sample_interval_ms`, until the daemon stops.
+/// How often `Card.Errors` is compared with the value last announced. It reads counters
+/// only, no device.
+const ERRORS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Until the daemon stops: samples every card's engine log for the measured load and
+/// checks for fatal status, every `scheduler.load_sample_interval_ms`; and announces
+/// `Card.Errors` when it changed (the transport's own recoveries change it without the
+/// daemon noticing), every [`ERRORS_INTERVAL`].
 pub async fn monitor(daemon: Arc<Daemon>) {
     let interval = Duration::from_millis(daemon.config.scheduler.load_sample_interval_ms);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut errors_tick = tokio::time::interval(ERRORS_INTERVAL);
+    errors_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick is immediate; the first sample comes one interval after start.
     tick.tick().await;
     loop {
-        tick.tick().await;
+        let sample = tokio::select! {
+            _ = tick.tick() => true,
+            _ = errors_tick.tick() => false,
+        };
         if daemon.shutting_down.load(Ordering::Acquire) {
             return;
         }
-        for entry in &daemon.cards {
-            let state = daemon.card_state(entry.index);
-            if !matches!(state, CardState::Online | CardState::Draining) {
-                continue;
+        if sample {
+            sample_cards(&daemon, interval).await;
+        } else {
+            announce_errors(&daemon).await;
+        }
+    }
+}
+
+/// Emits `PropertiesChanged` for each card whose `Card.Errors` changed since last time.
+async fn announce_errors(daemon: &Arc<Daemon>) {
+    for entry in &daemon.cards {
+        let now = entry.errors_total();
+        if entry.errors_announced.swap(now, Ordering::AcqRel) != now {
+            crate::dbus::signals::card_errors(daemon, entry.index).await;
+        }
+    }
+}
+
+/// One sample of every card in service: fatal status, then the engine log's load.
+async fn sample_cards(daemon: &Arc<Daemon>, interval: Duration) {
+    for entry in &daemon.cards {
+        let state = daemon.card_state(entry.index);
+        if !matches!(state, CardState::Online | CardState::Draining) {
+            continue;
+        }
+        if entry.card.fatal() {
+            card_fault(daemon, entry.index, "controller fatal status");
+            continue;
+        }
+        if lock(&daemon.sched).card_sessions(entry.index) == 0 {
+            continue;
+        }
+        match tokio::time::timeout(interval, entry.card.engine_log()).await {
+            Ok(Ok(engines)) => {
+                let measured: u64 = engines.iter().map(|e| u64::from(e.load)).sum();
+                let changed = {
+                    let mut s = lock(&daemon.sched);
+                    let before = s.card_load(entry.index);
+                    s.set_measured(entry.index, measured);
+                    before != s.card_load(entry.index)
+                };
+                if changed {
+                    crate::dbus::signals::card_load(daemon, entry.index).await;
+                }
             }
-            if entry.card.fatal() {
-                card_fault(&daemon, entry.index, "controller fatal status");
-                continue;
+            Ok(Err(e)) if e.is_device_fault() => card_fault(daemon, entry.index, &e.to_string()),
+            Ok(Err(e)) => {
+                daemon.metrics.error("card.engine-log");
+                tracing::debug!(card = %entry.name, error = %e, "reading the engine log failed");
             }
-            if lock(&daemon.sched).card_sessions(entry.index) == 0 {
-                continue;
-            }
-            match tokio::time::timeout(interval, entry.card.engine_log()).await {
-                Ok(Ok(engines)) => {
-                    let measured: u64 = engines.iter().map(|e| u64::from(e.load)).sum();
-                    let changed = {
-                        let mut s = lock(&daemon.sched);
-                        let before = s.card_load(entry.index);
-                        s.set_measured(entry.index, measured);
-                        before != s.card_load(entry.index)
-                    };
-                    if changed {
-                        crate::dbus::signals::card_load(&daemon, entry.index).await;
-                    }
-                }
-                Ok(Err(e)) if e.is_device_fault() => {
-                    card_fault(&daemon, entry.index, &e.to_string())
-                }
-                Ok(Err(e)) => {
-                    daemon.metrics.error("card.engine-log");
-                    tracing::debug!(card = %entry.name, error = %e, "reading the engine log failed");
-                }
-                Err(_) => {
-                    daemon.metrics.error("card.engine-log");
-                    tracing::debug!(card = %entry.name, "reading the engine log timed out");
-                }
+            Err(_) => {
+                daemon.metrics.error("card.engine-log");
+                tracing::debug!(card = %entry.name, "reading the engine log timed out");
             }
         }
     }

@@ -157,7 +157,9 @@ pub async fn run(
                 card: f.card,
                 emulator: f.emulator,
                 errors: AtomicU64::new(0),
+                errors_announced: AtomicU64::new(0),
                 reset_lock: tokio::sync::Mutex::new(()),
+                resets: tokio::sync::watch::Sender::new(0),
             })
         })
         .collect::<Vec<_>>();

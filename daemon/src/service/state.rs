@@ -39,13 +39,40 @@ pub struct CardEntry {
     pub pci_address: String,
     /// The emulated card behind `card`, for fault injection.
     pub emulator: Option<Arc<EmulatedCard>>,
-    /// Errors seen on the card (device faults, failed commands).
+    /// Errors the daemon met on the card (device faults it reacted to, failed encodes,
+    /// failed resets). `Card.Errors` adds the anomalies the transport recovered from by
+    /// itself: see [`CardEntry::errors_total`].
     pub errors: AtomicU64,
+    /// The `Card.Errors` value last announced with `PropertiesChanged`.
+    pub errors_announced: AtomicU64,
     /// Serialises resets.
     pub reset_lock: tokio::sync::Mutex<()>,
+    /// Counts finished resets (successful or not): bumped by `health::reset_card` once the
+    /// card's state after the reset is set. A card session created at epoch `E` is gone
+    /// once the epoch is past `E` (a reset wipes every card session).
+    pub resets: watch::Sender<u64>,
 }
 
 impl CardEntry {
+    /// The number of resets the card has finished ([`CardEntry::resets`]).
+    pub fn reset_epoch(&self) -> u64 {
+        *self.resets.borrow()
+    }
+
+    /// `Card.Errors`: the errors the daemon met ([`CardEntry::errors`]) plus what the
+    /// transport detected and recovered from on its own, which no caller saw fail:
+    /// completions found without their interrupt (lost interrupts) and completion entries
+    /// naming no command in flight. Timeouts and bad completions of a command reach its
+    /// caller as an error and are counted in `errors` when they lead to a fault, so they
+    /// are not added again.
+    pub fn errors_total(&self) -> u64 {
+        let nvme = self.card.nvme_metrics();
+        self.errors
+            .load(Ordering::Relaxed)
+            .saturating_add(nvme.lost_interrupts)
+            .saturating_add(nvme.stray_completions)
+    }
+
     /// What the scheduler needs to know of the card.
     pub fn limits(&self) -> CardLimits {
         let id = self.card.identity();
@@ -66,8 +93,14 @@ impl CardEntry {
 pub enum Control {
     /// End the session.
     Close(CloseRequest),
-    /// Move off card `card` (failing or being reset), if still on it.
-    Migrate { card: usize, reason: String },
+    /// Move off card `card` (failing or being reset), if still on it with a card session
+    /// made at reset epoch `epoch` or before (a session already back on the card after
+    /// that reset stays).
+    Migrate {
+        card: usize,
+        epoch: u64,
+        reason: String,
+    },
 }
 
 /// Asks a session's task to end.
@@ -99,9 +132,16 @@ pub struct SessionEntry {
     pub demand: Mutex<Demand>,
     /// Set while the session moves to another card (`State` "migrating").
     pub migrating: AtomicBool,
+    /// Set while the session, moving off a card being reset that no other card can take
+    /// it from, waits for that reset to go back onto the card. `health::reset_card`
+    /// neither waits for nor closes such a session.
+    pub awaiting_reset: AtomicBool,
     /// The card it runs on (index into `Daemon::cards`) and its id there.
     pub card: AtomicUsize,
     pub card_session: AtomicU32,
+    /// The card's reset epoch ([`CardEntry::reset_epoch`]) when the card session was
+    /// created: once the card's epoch is past it, the card session is gone.
+    pub card_epoch: AtomicU64,
     pub config: Mutex<SessionConfig>,
     pub counters: SessionCounters,
     /// Set by `RequestKeyframe`; the next frame is encoded as IDR.
@@ -137,17 +177,25 @@ impl SessionEntry {
         true
     }
 
-    /// Asks the session's task to move to another card; `false` if it is ending.
-    pub fn request_migrate(&self, card: usize, reason: &str) -> bool {
+    /// Asks the session's task to move off card `card`, which is being reset from epoch
+    /// `epoch`; `false` if it is ending.
+    pub fn request_migrate(&self, card: usize, epoch: u64, reason: &str) -> bool {
         if self.closed.load(Ordering::Acquire) {
             return false;
         }
         self.control
             .send(Control::Migrate {
                 card,
+                epoch,
                 reason: reason.to_owned(),
             })
             .is_ok()
+    }
+
+    /// Whether a migration request for `card` at reset epoch `epoch` concerns this
+    /// session: it is on that card, with a card session the reset wipes.
+    pub fn migrate_applies(&self, card: usize, epoch: u64) -> bool {
+        card == self.card_index() && epoch >= self.card_epoch.load(Ordering::Acquire)
     }
 
     /// Waits until the session's resources are released.

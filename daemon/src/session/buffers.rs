@@ -120,7 +120,9 @@ impl Buffers {
     }
 
     /// Maps every buffer for another card (the session moved); the old mappings go when
-    /// nothing holds them.
+    /// nothing holds them. Not for the card the buffers are already mapped for (a session
+    /// back on its card after a reset): the reset leaves DMA mappings alone, so they stay
+    /// valid, and mapping the same memory again would only pin it twice.
     pub fn remap(&mut self, card: &Card) -> Result<(), BufferError> {
         for (id, r) in self.map.iter_mut() {
             let dma =

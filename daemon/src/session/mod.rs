@@ -7,7 +7,7 @@ mod migrate;
 pub mod worker;
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
@@ -187,8 +187,10 @@ pub async fn create(
         owner: owner.to_owned(),
         demand: Mutex::new(demand),
         migrating: AtomicBool::new(false),
+        awaiting_reset: AtomicBool::new(false),
         card: AtomicUsize::new(card.index),
         card_session: AtomicU32::new(sid.0),
+        card_epoch: AtomicU64::new(card.reset_epoch()),
         config: Mutex::new(cfg),
         counters: SessionCounters::default(),
         force_keyframe: AtomicBool::new(false),

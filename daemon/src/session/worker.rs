@@ -68,7 +68,7 @@ impl Ending {
             ..Ending::normal(reason)
         }
     }
-    fn from_request(r: Option<CloseRequest>) -> Ending {
+    pub(super) fn from_request(r: Option<CloseRequest>) -> Ending {
         match r {
             Some(r) => Ending {
                 code: r.code,
@@ -158,8 +158,8 @@ impl Worker {
                     Ending::gone("the data channel was closed")
                 }),
                 c = self.control_rx.recv() => match c {
-                    Some(Control::Migrate { card, reason }) => {
-                        if card == self.card.index {
+                    Some(Control::Migrate { card, epoch, reason }) => {
+                        if self.entry.migrate_applies(card, epoch) {
                             self.pending_migrate = Some(reason);
                         }
                     }
@@ -199,8 +199,8 @@ impl Worker {
             tokio::select! {
                 biased;
                 c = self.control_rx.recv() => match c {
-                    Some(Control::Migrate { card, reason }) => {
-                        if card == self.card.index {
+                    Some(Control::Migrate { card, epoch, reason }) => {
+                        if self.entry.migrate_applies(card, epoch) {
                             self.pending_migrate = Some(reason);
                         }
                     }
@@ -424,7 +424,10 @@ impl Worker {
         sock.discard_pending(1024);
         drop(sock);
         let timeout = daemon.config.timeouts.command();
-        if !ending.card_fault {
+        // A reset since the card session was created wiped it, and its id may name
+        // another session now.
+        let wiped = card.reset_epoch() != entry.card_epoch.load(Ordering::Acquire);
+        if !ending.card_fault && !wiped {
             match tokio::time::timeout(timeout, card.card.destroy_session(sid)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {

@@ -9,6 +9,9 @@ pub struct NvmeMetrics {
     pub commands: AtomicU64,
     /// Completion entries rejected as protocol violations.
     pub protocol_errors: AtomicU64,
+    /// Of `protocol_errors`, the entries that named no command in flight: dropped, with
+    /// nobody to tell (the others fail their command).
+    pub stray_completions: AtomicU64,
     /// Commands whose timeout passed.
     pub timeouts: AtomicU64,
     /// Abort commands sent for timed-out commands.
@@ -27,6 +30,7 @@ pub struct NvmeMetrics {
 pub struct NvmeMetricsSnapshot {
     pub commands: u64,
     pub protocol_errors: u64,
+    pub stray_completions: u64,
     pub timeouts: u64,
     pub aborts: u64,
     pub late_completions: u64,
@@ -44,6 +48,7 @@ impl NvmeMetrics {
         NvmeMetricsSnapshot {
             commands: self.commands.load(Ordering::Relaxed),
             protocol_errors: self.protocol_errors.load(Ordering::Relaxed),
+            stray_completions: self.stray_completions.load(Ordering::Relaxed),
             timeouts: self.timeouts.load(Ordering::Relaxed),
             aborts: self.aborts.load(Ordering::Relaxed),
             late_completions: self.late_completions.load(Ordering::Relaxed),

@@ -406,6 +406,7 @@ impl QueuePair {
             tracing::warn!(device = %self.device, queue = self.qid, %violation,
                 "rejected a completion entry");
             if !known {
+                NvmeMetrics::inc(&self.metrics.stray_completions);
                 return None;
             }
             // The entry names a command in flight but cannot be trusted: tell its

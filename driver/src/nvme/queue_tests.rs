@@ -151,6 +151,7 @@ async fn hostile_completions_are_rejected_and_counted() {
     q.device_post(1, &cqe(stale, 3, 1, 0, true, 0));
     assert_eq!(q.process_completions(), 2);
     assert_eq!(metrics.protocol_errors.load(Ordering::Relaxed), 2);
+    assert_eq!(metrics.stray_completions.load(Ordering::Relaxed), 2);
     assert!(rx_a.try_recv().is_err());
     assert!(rx_b.try_recv().is_err());
 
@@ -184,6 +185,8 @@ async fn hostile_completions_are_rejected_and_counted() {
         })
     ));
     assert_eq!(metrics.protocol_errors.load(Ordering::Relaxed), 4);
+    // Those two named commands in flight, which failed: not stray.
+    assert_eq!(metrics.stray_completions.load(Ordering::Relaxed), 2);
 
     // The consistent completions finally release both; nobody is woken twice.
     q.device_post(4, &cqe(cid_a, 3, 2, 0, true, 0));
