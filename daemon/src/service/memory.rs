@@ -16,7 +16,7 @@ use super::state::Daemon;
 const MMAP_THRESHOLD: libc::c_int = 256 * 1024;
 
 /// How often the daemon looks whether sessions ended since the last trim.
-const TRIM_EVERY: Duration = Duration::from_secs(5);
+pub const TRIM_EVERY: Duration = Duration::from_secs(5);
 
 /// Sets the allocator up for a long-running process; call once, early in `main`.
 pub fn tune_allocator() {
