@@ -24,6 +24,9 @@ use super::types::{CardOptions, Reconfigure, SessionConfig, SessionId};
 
 /// Spare buffers each pool keeps.
 const POOL_SPARES: usize = 64;
+/// Spare buffers for admin command data (session parameters), one per command that may
+/// be in flight at once in the common case.
+const ADMIN_SPARES: usize = 8;
 /// Recent input timestamps kept per session to attribute reordered output.
 pub(super) const PTS_HISTORY: usize = 256;
 /// Output buffer growth steps on OUTPUT_TOO_SMALL before giving up.
@@ -92,6 +95,8 @@ pub struct Card {
     pub(super) sessions: Mutex<HashMap<u32, Arc<SessionState>>>,
     pub(super) inputs: BufferPool,
     pub(super) outputs: BufferPool,
+    /// Data buffers of admin commands (session parameters): mapped once, not per session.
+    pub(super) admin_data: BufferPool,
     pub(super) metrics: CardMetrics,
     pub(super) next_queue: AtomicUsize,
 }
@@ -127,6 +132,7 @@ impl Card {
         Ok(Arc::new(Card {
             inputs: BufferPool::new(Arc::clone(&io), POOL_SPARES),
             outputs: BufferPool::new(Arc::clone(&io), POOL_SPARES),
+            admin_data: BufferPool::new(Arc::clone(&io), ADMIN_SPARES),
             io,
             device,
             controller,
@@ -234,8 +240,8 @@ impl Card {
         cfg.validate(&self.identity)?;
         let params = session_params(cfg);
         let buf = self
-            .io
-            .alloc_dma(params.len())
+            .admin_data
+            .get(params.len())
             .map_err(|e| self.dma_err(e))?;
         buf.write(0, &params);
         let cmd = Command::new(VPU_ADMIN_CREATE_SESSION).data(&buf, 0, params.len());
@@ -344,6 +350,7 @@ impl Card {
         lock(&self.sessions).clear();
         self.inputs.clear();
         self.outputs.clear();
+        self.admin_data.clear();
         result?;
         tracing::info!(card = %self.device, "card reset");
         Ok(())
