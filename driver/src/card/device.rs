@@ -262,7 +262,7 @@ impl Card {
         if lock(&self.sessions).insert(id, state).is_some() {
             tracing::warn!(card = %self.device, session = id, "card reused a live session id");
         }
-        tracing::info!(card = %self.device, session = id, width = cfg.width, height = cfg.height,
+        tracing::debug!(card = %self.device, session = id, width = cfg.width, height = cfg.height,
             bitrate = cfg.bitrate, "session created");
         Ok(SessionId(id))
     }
