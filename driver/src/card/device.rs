@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vpu_ffi::{
-    VPU_ADMIN_CREATE_SESSION, VPU_ADMIN_DESTROY_SESSION, VPU_ADMIN_RECONFIGURE_SESSION,
-    VPU_IO_FLUSH_SESSION, VPU_IO_NOP, VPU_RECONFIG_BITRATE, VPU_RECONFIG_FORCE_IDR,
-    VPU_RECONFIG_FRAMERATE,
+    vpu_session_params, VPU_ADMIN_CREATE_SESSION, VPU_ADMIN_DESTROY_SESSION,
+    VPU_ADMIN_RECONFIGURE_SESSION, VPU_IO_FLUSH_SESSION, VPU_IO_NOP, VPU_RECONFIG_BITRATE,
+    VPU_RECONFIG_FORCE_IDR, VPU_RECONFIG_FRAMERATE,
 };
 
 use crate::io::{DeviceIo, DeviceIoExt, DmaBuffer, DmaDirection, HostRegion};
@@ -129,7 +129,7 @@ impl Card {
         };
         tracing::info!(card = %device, model = %identity.model, serial = %identity.serial,
             engines = identity.encode_engines, "card opened");
-        Ok(Arc::new(Card {
+        let card = Arc::new(Card {
             inputs: BufferPool::new(Arc::clone(&io), POOL_SPARES),
             outputs: BufferPool::new(Arc::clone(&io), POOL_SPARES),
             admin_data: BufferPool::new(Arc::clone(&io), ADMIN_SPARES),
@@ -141,7 +141,21 @@ impl Card {
             sessions: Mutex::new(HashMap::new()),
             metrics: CardMetrics::default(),
             next_queue: AtomicUsize::new(0),
-        }))
+        });
+        card.prepare_admin_data();
+        Ok(card)
+    }
+
+    /// Maps one session-parameter buffer ahead of the first `create_session`, so that the
+    /// card's mappings while idle already include it. A failure only means the first
+    /// session maps its own.
+    fn prepare_admin_data(&self) {
+        if let Err(e) = self
+            .admin_data
+            .get(std::mem::size_of::<vpu_session_params>())
+        {
+            tracing::debug!(card = %self.device, error = %e, "mapping a parameter buffer ahead failed");
+        }
     }
 
     pub fn identity(&self) -> &CardIdentity {
@@ -352,6 +366,7 @@ impl Card {
         self.outputs.clear();
         self.admin_data.clear();
         result?;
+        self.prepare_admin_data();
         tracing::info!(card = %self.device, "card reset");
         Ok(())
     }
@@ -360,6 +375,10 @@ impl Card {
     pub async fn shutdown(&self) -> Result<(), CardError> {
         let result = self.controller.shutdown().await;
         lock(&self.sessions).clear();
+        // Nothing stays mapped for a card that is shut down.
+        self.inputs.clear();
+        self.outputs.clear();
+        self.admin_data.clear();
         result.map_err(CardError::from)
     }
 }
