@@ -10,6 +10,12 @@ use tracing_subscriber::EnvFilter;
 use vpud::config::Config;
 use vpud::service::{self, BusChoice, RunOptions};
 
+/// Log filter without `VPUD_LOG`: vpud's own `info`. zbus's `info` spans are left out: one
+/// is opened for every incoming method call and formats the whole message and header, a
+/// cost on each call that shows nothing an operator needs (`VPUD_LOG=info` brings them
+/// back).
+const DEFAULT_LOG: &str = "info,zbus=warn";
+
 /// Share VPU encode cards between media services over D-Bus.
 #[derive(Debug, Parser)]
 #[command(name = "vpud", version)]
@@ -34,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
     service::memory::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("VPUD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_env("VPUD_LOG").unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -127,7 +127,8 @@ impl SessionIface {
         .await
     }
 
-    /// End the session; returns once it is off the bus and its reservation released.
+    /// End the session; returns once its reservation is released. It leaves the bus
+    /// (`Closed`, `InterfacesRemoved`) right after the reply.
     async fn close(&self, #[zbus(header)] header: Header<'_>) -> Result<(), VpudError> {
         counted(&self.daemon, async {
             self.check_owner(&header)?;
@@ -138,13 +139,14 @@ impl SessionIface {
                     self.entry.id
                 )));
             }
-            self.entry.request_close(
-                Some(crate::channel::proto::ErrorCode::SessionClosed),
+            // Off the books when this returns; off the bus, and its card session and the
+            // client's buffers released, right after the reply.
+            crate::session::close(
+                &self.daemon,
+                &self.entry,
+                crate::channel::proto::ErrorCode::SessionClosed,
                 REASON,
             );
-            // The session is gone from the bus and the books when this returns; its task
-            // destroys the card session and unmaps the client's buffers right after.
-            crate::session::retire(&self.daemon, &self.entry, REASON);
             Ok(())
         })
         .await

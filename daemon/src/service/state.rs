@@ -167,14 +167,25 @@ impl SessionEntry {
 
     /// Asks the session's task to end; `false` if it already is ending.
     pub fn request_close(&self, code: Option<ErrorCode>, reason: &str) -> bool {
-        if self.closed.swap(true, Ordering::AcqRel) {
+        if !self.begin_close() {
             return false;
         }
+        self.send_close(code, reason);
+        true
+    }
+
+    /// Marks the session as ending (`State` "closed"); `false` if it already was. The one
+    /// who marks it tells its task with [`SessionEntry::send_close`].
+    pub fn begin_close(&self) -> bool {
+        !self.closed.swap(true, Ordering::AcqRel)
+    }
+
+    /// Tells the session's task to end.
+    pub fn send_close(&self, code: Option<ErrorCode>, reason: &str) {
         let _ = self.control.send(Control::Close(CloseRequest {
             code,
             reason: reason.to_owned(),
         }));
-        true
     }
 
     /// Asks the session's task to move off card `card`, which is being reset from epoch

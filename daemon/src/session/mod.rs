@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use vpu_driver::card::{CardError, Codec, PixelFormat, RateControl, SessionConfig, VendorStatus};
 use zbus::OwnedObjectPath;
 
-use crate::channel::proto::{Hello, MAX_BUFFERS, MAX_RECORD_LEN, VERSION};
+use crate::channel::proto::{ErrorCode, Hello, MAX_BUFFERS, MAX_RECORD_LEN, VERSION};
 use crate::channel::socket::{self, SeqPacket, SocketError};
 use crate::dbus::params::SessionRequest;
 use crate::metrics::Metrics;
@@ -232,21 +232,56 @@ pub async fn create(
 
 /// Takes a session off the books and off the bus: its reservation is returned, it leaves
 /// `Manager.Sessions`, and its object goes with `Closed(reason)`. Done once, by whichever
-/// comes first: the owner's `Close` or the session's task ending.
+/// comes first: the owner's `Close` ([`close`]) or the session's task ending.
 pub fn retire(daemon: &Arc<Daemon>, entry: &Arc<SessionEntry>, reason: &str) {
-    if entry.retired.swap(true, Ordering::AcqRel) {
+    if let Some(card) = retire_books(daemon, entry, reason) {
+        // The announcements go out after the caller's reply (Close returns sooner); the
+        // books are already right for the next request.
+        let (d, e, r) = (Arc::clone(daemon), Arc::clone(entry), reason.to_owned());
+        tokio::spawn(async move {
+            crate::dbus::signals::session_removed(&d, &e, &r, card).await;
+        });
+    }
+}
+
+/// The owner's `Close`: the session is off the books when this returns, so the next
+/// request sees its capacity free. Telling its task to end and taking it off the bus
+/// (`Closed`, `InterfacesRemoved`) is left to one task spawned here: it runs once the
+/// method has returned and its reply is on its way, so that neither waking the session's
+/// task nor the signals stand between the caller and the reply. The task destroys the
+/// card session and unmaps the client's buffers right after.
+pub fn close(daemon: &Arc<Daemon>, entry: &Arc<SessionEntry>, code: ErrorCode, reason: &str) {
+    let removed = retire_books(daemon, entry, reason);
+    let first = entry.begin_close();
+    if removed.is_none() && !first {
         return;
+    }
+    let (d, e, r) = (Arc::clone(daemon), Arc::clone(entry), reason.to_owned());
+    tokio::spawn(async move {
+        if first {
+            e.send_close(Some(code), &r);
+        }
+        if let Some(card) = removed {
+            crate::dbus::signals::session_removed(&d, &e, &r, card).await;
+        }
+    });
+}
+
+/// The bookkeeping half of [`retire`]: returns the card whose reservation was released
+/// (`Some(None)` if the session held none), or `None` if the session was already retired.
+fn retire_books(
+    daemon: &Arc<Daemon>,
+    entry: &Arc<SessionEntry>,
+    reason: &str,
+) -> Option<Option<usize>> {
+    if entry.retired.swap(true, Ordering::AcqRel) {
+        return None;
     }
     let placement = lock(&daemon.sched).release(entry.id);
     lock(&daemon.sessions).remove(&entry.id);
     Metrics::add(&daemon.metrics.sessions_closed, 1);
     tracing::info!(session = entry.id, reason, "session closed");
-    // The announcements go out after the caller's reply (Close returns sooner); the
-    // books above are already right for the next request.
-    let (d, e, r) = (Arc::clone(daemon), Arc::clone(entry), reason.to_owned());
-    tokio::spawn(async move {
-        crate::dbus::signals::session_removed(&d, &e, &r, placement.map(|p| p.card)).await;
-    });
+    Some(placement.map(|p| p.card))
 }
 
 /// The end of every session's task, once the card session is destroyed and the client's

@@ -410,7 +410,8 @@ impl Worker {
             ..
         } = self;
         entry.closed.store(true, Ordering::Release);
-        tracing::info!(reason = %ending.reason, code = ?ending.code, "session ending");
+        // `session::retire` logs the end once, at info.
+        tracing::debug!(reason = %ending.reason, code = ?ending.code, "session ending");
         // Off the bus and the books at once; the card and memory follow below.
         crate::session::retire(&daemon, &entry, &ending.reason);
         if let (Some(code), false) = (ending.code, ending.client_gone) {

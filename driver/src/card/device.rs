@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use vpu_ffi::{
-    VPU_ADMIN_CREATE_SESSION, VPU_ADMIN_DESTROY_SESSION, VPU_ADMIN_RECONFIGURE_SESSION,
-    VPU_IO_FLUSH_SESSION, VPU_IO_NOP, VPU_RECONFIG_BITRATE, VPU_RECONFIG_FORCE_IDR,
-    VPU_RECONFIG_FRAMERATE,
+    vpu_session_params, VPU_ADMIN_CREATE_SESSION, VPU_ADMIN_DESTROY_SESSION,
+    VPU_ADMIN_RECONFIGURE_SESSION, VPU_IO_FLUSH_SESSION, VPU_IO_NOP, VPU_RECONFIG_BITRATE,
+    VPU_RECONFIG_FORCE_IDR, VPU_RECONFIG_FRAMERATE,
 };
 
 use crate::io::{DeviceIo, DeviceIoExt, DmaBuffer, DmaDirection, HostRegion};
@@ -24,6 +24,9 @@ use super::types::{CardOptions, Reconfigure, SessionConfig, SessionId};
 
 /// Spare buffers each pool keeps.
 const POOL_SPARES: usize = 64;
+/// Spare buffers for admin command data (session parameters), one per command that may
+/// be in flight at once in the common case.
+const ADMIN_SPARES: usize = 8;
 /// Recent input timestamps kept per session to attribute reordered output.
 pub(super) const PTS_HISTORY: usize = 256;
 /// Output buffer growth steps on OUTPUT_TOO_SMALL before giving up.
@@ -92,6 +95,8 @@ pub struct Card {
     pub(super) sessions: Mutex<HashMap<u32, Arc<SessionState>>>,
     pub(super) inputs: BufferPool,
     pub(super) outputs: BufferPool,
+    /// Data buffers of admin commands (session parameters): mapped once, not per session.
+    pub(super) admin_data: BufferPool,
     pub(super) metrics: CardMetrics,
     pub(super) next_queue: AtomicUsize,
 }
@@ -124,9 +129,10 @@ impl Card {
         };
         tracing::info!(card = %device, model = %identity.model, serial = %identity.serial,
             engines = identity.encode_engines, "card opened");
-        Ok(Arc::new(Card {
+        let card = Arc::new(Card {
             inputs: BufferPool::new(Arc::clone(&io), POOL_SPARES),
             outputs: BufferPool::new(Arc::clone(&io), POOL_SPARES),
+            admin_data: BufferPool::new(Arc::clone(&io), ADMIN_SPARES),
             io,
             device,
             controller,
@@ -135,7 +141,21 @@ impl Card {
             sessions: Mutex::new(HashMap::new()),
             metrics: CardMetrics::default(),
             next_queue: AtomicUsize::new(0),
-        }))
+        });
+        card.prepare_admin_data();
+        Ok(card)
+    }
+
+    /// Maps one session-parameter buffer ahead of the first `create_session`, so that the
+    /// card's mappings while idle already include it. A failure only means the first
+    /// session maps its own.
+    fn prepare_admin_data(&self) {
+        if let Err(e) = self
+            .admin_data
+            .get(std::mem::size_of::<vpu_session_params>())
+        {
+            tracing::debug!(card = %self.device, error = %e, "mapping a parameter buffer ahead failed");
+        }
     }
 
     pub fn identity(&self) -> &CardIdentity {
@@ -234,8 +254,8 @@ impl Card {
         cfg.validate(&self.identity)?;
         let params = session_params(cfg);
         let buf = self
-            .io
-            .alloc_dma(params.len())
+            .admin_data
+            .get(params.len())
             .map_err(|e| self.dma_err(e))?;
         buf.write(0, &params);
         let cmd = Command::new(VPU_ADMIN_CREATE_SESSION).data(&buf, 0, params.len());
@@ -256,7 +276,7 @@ impl Card {
         if lock(&self.sessions).insert(id, state).is_some() {
             tracing::warn!(card = %self.device, session = id, "card reused a live session id");
         }
-        tracing::info!(card = %self.device, session = id, width = cfg.width, height = cfg.height,
+        tracing::debug!(card = %self.device, session = id, width = cfg.width, height = cfg.height,
             bitrate = cfg.bitrate, "session created");
         Ok(SessionId(id))
     }
@@ -344,7 +364,9 @@ impl Card {
         lock(&self.sessions).clear();
         self.inputs.clear();
         self.outputs.clear();
+        self.admin_data.clear();
         result?;
+        self.prepare_admin_data();
         tracing::info!(card = %self.device, "card reset");
         Ok(())
     }
@@ -353,6 +375,10 @@ impl Card {
     pub async fn shutdown(&self) -> Result<(), CardError> {
         let result = self.controller.shutdown().await;
         lock(&self.sessions).clear();
+        // Nothing stays mapped for a card that is shut down.
+        self.inputs.clear();
+        self.outputs.clear();
+        self.admin_data.clear();
         result.map_err(CardError::from)
     }
 }

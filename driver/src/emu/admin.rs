@@ -446,7 +446,7 @@ fn create_session(shared: &Shared, ctrl: &mut Ctrl, sqe: &vpu_sqe) -> Option<Don
         .counters
         .sessions
         .fetch_add(1, Ordering::Relaxed);
-    tracing::info!(card = %shared.name, session = id, engine, "session created");
+    tracing::debug!(card = %shared.name, session = id, engine, "session created");
     Some(Done::ok(id))
 }
 
@@ -466,7 +466,7 @@ fn destroy_session(shared: &Shared, ctrl: &mut Ctrl, sqe: &vpu_sqe) -> Option<Do
             Done::err(Status::vendor(VPU_SC_SESSION_ABORTED)),
         );
     }
-    tracing::info!(card = %shared.name, session = id, "session destroyed");
+    tracing::debug!(card = %shared.name, session = id, "session destroyed");
     Some(Done::ok(0))
 }
 
