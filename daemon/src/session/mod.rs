@@ -120,15 +120,17 @@ pub async fn create(
     };
     let id = daemon.next_session_id();
     let mut exclude = Vec::new();
-    let (placement, sid) = loop {
+    let (placement, sid, epoch) = loop {
         let placement = lock(&daemon.sched).place(id, owner, &demand, pinned, &exclude)?;
         let card = &daemon.cards[placement.card];
+        // Read before the card session exists: a reset from here on wipes it.
+        let epoch = card.reset_epoch();
         let result = match cfg.validate(card.card.identity()).err() {
             Some(e) => Err(e),
             None => card.card.create_session(&cfg).await,
         };
         match result {
-            Ok(sid) => break (placement, sid),
+            Ok(sid) => break (placement, sid, epoch),
             Err(e) => {
                 lock(&daemon.sched).release(id);
                 card.errors
@@ -190,7 +192,7 @@ pub async fn create(
         awaiting_reset: AtomicBool::new(false),
         card: AtomicUsize::new(card.index),
         card_session: AtomicU32::new(sid.0),
-        card_epoch: AtomicU64::new(card.reset_epoch()),
+        card_epoch: AtomicU64::new(epoch),
         config: Mutex::new(cfg),
         counters: SessionCounters::default(),
         force_keyframe: AtomicBool::new(false),
