@@ -26,7 +26,9 @@ impl From<SessionError> for VpudError {
             SessionError::Place(s) => s.into(),
             SessionError::UnknownCard { .. } => VpudError::NotFound(msg),
             SessionError::CardRejected { .. } => VpudError::InvalidArgument(msg),
-            SessionError::CardFailed { .. } => VpudError::CardFailed(msg),
+            SessionError::CardFailed { .. } | SessionError::CardReset { .. } => {
+                VpudError::CardFailed(msg)
+            }
             SessionError::Channel(_) | SessionError::Bus(_) => VpudError::CardFailed(msg),
             SessionError::ShuttingDown => VpudError::NoCapacity(msg),
             SessionError::OwnerGone { .. } => VpudError::AccessDenied(msg),

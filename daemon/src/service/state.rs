@@ -249,6 +249,16 @@ impl Changes {
     }
 }
 
+/// Why [`Daemon::insert_session`] did not add a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The owner left the bus.
+    OwnerGone,
+    /// The card was reset (or is being reset) since the card session was created, which
+    /// wiped it.
+    CardReset,
+}
+
 /// Everything the daemon shares between its tasks.
 #[derive(Debug)]
 pub struct Daemon {
@@ -319,16 +329,27 @@ impl Daemon {
             .collect()
     }
 
-    /// Adds a session, unless its owner has already left the bus: then returns `false`
-    /// and the session is not added. Together with [`Daemon::owner_left`] this closes the
-    /// race between a client's `CreateSession` and its departure.
-    pub fn insert_session(&self, entry: Arc<SessionEntry>) -> bool {
+    /// Adds a session, unless its owner has already left the bus or its card has been
+    /// reset since `epoch` (the card's [`CardEntry::reset_epoch`] read before the card
+    /// session was created) or is being reset: the session is then not added. Together with
+    /// [`Daemon::owner_left`] this closes the race between a client's `CreateSession` and its
+    /// departure; checking the card under the sessions lock closes the one with a reset
+    /// (which marks the card `resetting` before it collects the card's sessions).
+    pub fn insert_session(&self, entry: Arc<SessionEntry>, epoch: u64) -> Result<(), Refused> {
         let mut sessions = lock(&self.sessions);
         if lock(&self.departed).contains(&entry.owner) {
-            return false;
+            return Err(Refused::OwnerGone);
+        }
+        let card = entry.card_index();
+        let up = matches!(
+            self.card_state(card),
+            CardState::Online | CardState::Draining
+        );
+        if !up || self.cards.get(card).map(|c| c.reset_epoch()) != Some(epoch) {
+            return Err(Refused::CardReset);
         }
         sessions.insert(entry.id, entry);
-        true
+        Ok(())
     }
 
     /// Records that `owner` left the bus; returns its sessions.

@@ -19,7 +19,7 @@ use crate::channel::socket::{self, SeqPacket, SocketError};
 use crate::dbus::params::SessionRequest;
 use crate::metrics::Metrics;
 use crate::scheduler::{Demand, SchedError};
-use crate::service::state::{lock, Daemon, SessionCounters, SessionEntry, ROOT_PATH};
+use crate::service::state::{lock, Daemon, Refused, SessionCounters, SessionEntry, ROOT_PATH};
 
 /// Why a session could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,8 @@ pub enum SessionError {
     Channel(#[from] SocketError),
     #[error("publishing the session on the bus failed: {0}")]
     Bus(#[from] zbus::Error),
+    #[error("card {card} was reset while the session was being created; try again")]
+    CardReset { card: String },
     #[error("the daemon is shutting down")]
     ShuttingDown,
     #[error("{owner} left the bus")]
@@ -202,10 +204,20 @@ pub async fn create(
         finished,
         finished_tx: Mutex::new(Some(finished_tx)),
     });
-    if !daemon.insert_session(Arc::clone(&entry)) {
-        return Err(cleanup_card_session(SessionError::OwnerGone {
-            owner: owner.to_owned(),
-        }));
+    match daemon.insert_session(Arc::clone(&entry), epoch) {
+        Ok(()) => {}
+        Err(Refused::OwnerGone) => {
+            return Err(cleanup_card_session(SessionError::OwnerGone {
+                owner: owner.to_owned(),
+            }))
+        }
+        Err(Refused::CardReset) => {
+            // The reset wipes (or wiped) the card session; its id may already be reused.
+            lock(&daemon.sched).release(id);
+            return Err(SessionError::CardReset {
+                card: card.name.clone(),
+            });
+        }
     }
     Metrics::add(&daemon.metrics.sessions_created, 1);
     if let Err(e) = crate::dbus::signals::session_added(daemon, &entry).await {
