@@ -12,15 +12,17 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{decodes_cleanly, probe, write_y4m};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use serde_json::Value;
-use vpu_driver::media::{TestPattern, Y4mHeader, Y4mWriter};
+use vpu_driver::media::TestPattern;
 use vpud::bus::PrivateBus;
 use vpud::client::{Client, SessionParams};
 use vpud::config::Config;
@@ -50,56 +52,6 @@ fn config() -> Config {
     c.scheduler.load_sample_interval_ms = 60_000;
     c.scheduler.measured_load_weight = 0.0;
     c
-}
-
-/// Writes the clip: `FRAMES` frames of a moving test pattern.
-fn write_clip(path: &Path) {
-    let header = Y4mHeader::new(WIDTH, HEIGHT, 25, 1);
-    let pattern = TestPattern::new(WIDTH, HEIGHT);
-    let file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut w = Y4mWriter::new(file, &header).unwrap();
-    for n in 0..FRAMES {
-        w.write_frame(&pattern.frame(n)).unwrap();
-    }
-    w.finish().unwrap();
-}
-
-/// `ffprobe`'s count of decoded frames of the first video stream.
-fn frame_count(path: &Path) -> u64 {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=nb_read_frames", "-of", "json"])
-        .arg(path)
-        .output()
-        .expect("ffprobe (Debian package ffmpeg) must be installed");
-    assert!(
-        out.status.success(),
-        "ffprobe {}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["streams"][0]["nb_read_frames"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-/// Decodes the whole file with `ffmpeg`, failing on any decode error.
-fn decodes_cleanly(path: &Path) {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-xerror", "-i"])
-        .arg(path)
-        .args(["-f", "null", "-"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success() && out.stderr.is_empty(),
-        "ffmpeg decode of {}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Polls `check` every 20 ms until it returns a value or `within` passes.
@@ -159,7 +111,7 @@ async fn encode_with_fault(cards: u32, kind: &str, extra: &[&str]) -> Struck {
     let dir = tempfile::tempdir().unwrap();
     let output = dir.path().join("out.h264");
     let input = dir.path().join("clip.y4m");
-    write_clip(&input);
+    write_y4m(&input, WIDTH, HEIGHT, FRAMES);
 
     let child = Command::new(VPUCTL)
         .args(["--bus", &bus, "encode"])
@@ -241,7 +193,7 @@ impl Struck {
             "{kind}: {stdout}"
         );
         assert_eq!(
-            frame_count(&self.output),
+            probe(&self.output).3,
             FRAMES,
             "{kind}: frames in the output"
         );

@@ -4,6 +4,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
+use common::{decodes_cleanly, probe};
+
 use std::io::BufWriter;
 use std::path::PathBuf;
 use std::process::Command;
@@ -36,25 +40,6 @@ fn encode_clip(width: usize, height: usize, frames: usize) -> Vec<Vec<u8>> {
     out
 }
 
-fn ffprobe(path: &std::path::Path) -> String {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args([
-            "-show_entries",
-            "stream=codec_name,width,height,nb_read_frames",
-        ])
-        .args(["-of", "default=noprint_wrappers=1"])
-        .arg(path)
-        .output()
-        .expect("ffprobe (Debian package ffmpeg) must be installed");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[test]
 fn openh264_stream_muxed_to_mp4_probes_and_decodes() {
     let dir = scratch("probe");
@@ -67,28 +52,8 @@ fn openh264_stream_muxed_to_mp4_probes_and_decodes() {
     }
     mp4.finish().unwrap();
 
-    let probe = ffprobe(&path);
-    assert!(probe.contains("codec_name=h264"), "{probe}");
-    assert!(probe.contains("width=176"), "{probe}");
-    assert!(probe.contains("height=144"), "{probe}");
-    assert!(probe.contains("nb_read_frames=25"), "{probe}");
-
-    let decode = Command::new("ffmpeg")
-        .args(["-v", "error", "-xerror", "-i"])
-        .arg(&path)
-        .args(["-f", "null", "-"])
-        .output()
-        .unwrap();
-    assert!(
-        decode.status.success(),
-        "{}",
-        String::from_utf8_lossy(&decode.stderr)
-    );
-    assert!(
-        decode.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&decode.stderr)
-    );
+    assert_eq!(probe(&path), ("h264".to_string(), 176, 144, 25));
+    decodes_cleanly(&path);
 
     // Seeking needs the keyframe index (stss): every 10th frame is an IDR.
     let keys = Command::new("ffprobe")

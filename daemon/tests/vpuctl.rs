@@ -4,13 +4,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::fs::File;
-use std::io::BufWriter;
-use std::path::Path;
+mod common;
+
+use common::{decodes_cleanly, probe, write_y4m};
 use std::process::{Command, Output};
 
 use serde_json::Value;
-use vpu_driver::media::{TestPattern, Y4mHeader, Y4mWriter};
+use vpu_driver::media::TestPattern;
 use vpud::client::{Client, SessionParams};
 use vpud::config::Config;
 use vpud::service::Embedded;
@@ -45,60 +45,6 @@ fn fails(args: &[&str]) -> String {
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(!stderr.trim().is_empty(), "vpuctl {args:?} failed silently");
     stderr
-}
-
-fn write_y4m(path: &Path, width: u32, height: u32, frames: u64) {
-    let header = Y4mHeader::new(width, height, 25, 1);
-    let mut w = Y4mWriter::new(BufWriter::new(File::create(path).unwrap()), &header).unwrap();
-    let pattern = TestPattern::new(width, height);
-    for n in 0..frames {
-        w.write_frame(&pattern.frame(n)).unwrap();
-    }
-    w.finish().unwrap();
-}
-
-/// `ffprobe`'s view of the first video stream: codec, width, height, frames decoded.
-fn probe(path: &Path) -> (String, u32, u32, u64) {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args([
-            "-show_entries",
-            "stream=codec_name,width,height,nb_read_frames",
-        ])
-        .args(["-of", "json"])
-        .arg(path)
-        .output()
-        .expect("ffprobe (Debian package ffmpeg) must be installed");
-    assert!(
-        out.status.success(),
-        "ffprobe {}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let s = &v["streams"][0];
-    (
-        s["codec_name"].as_str().unwrap().to_string(),
-        s["width"].as_u64().unwrap() as u32,
-        s["height"].as_u64().unwrap() as u32,
-        s["nb_read_frames"].as_str().unwrap().parse().unwrap(),
-    )
-}
-
-/// Decodes the whole file with `ffmpeg`, failing on any decode error.
-fn decodes_cleanly(path: &Path) {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-xerror", "-i"])
-        .arg(path)
-        .args(["-f", "null", "-"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success() && out.stderr.is_empty(),
-        "ffmpeg decode of {}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]
