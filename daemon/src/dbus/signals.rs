@@ -68,8 +68,8 @@ pub async fn manager(daemon: &Daemon) {
     changed(daemon, ROOT_PATH, MANAGER, props).await;
 }
 
-/// Card.Load and Card.ActiveSessions of one card, and the Manager's figures.
-pub async fn card_load(daemon: &Daemon, card: usize) {
+/// Card.Load and Card.ActiveSessions of one card.
+async fn card_figures(daemon: &Daemon, card: usize) {
     if let Some(c) = daemon.cards.get(card) {
         let (load, sessions) = {
             let s = lock(&daemon.sched);
@@ -80,6 +80,11 @@ pub async fn card_load(daemon: &Daemon, card: usize) {
         props.insert("ActiveSessions", Variant::U32(sessions));
         changed(daemon, c.path.as_str(), CARD, props).await;
     }
+}
+
+/// Card.Load and Card.ActiveSessions of one card, and the Manager's figures.
+pub async fn card_load(daemon: &Daemon, card: usize) {
+    card_figures(daemon, card).await;
     manager(daemon).await;
 }
 
@@ -224,16 +229,7 @@ pub async fn publish(daemon: Arc<Daemon>) {
         tokio::time::sleep(COALESCE).await;
         let (cards, manager_changed) = daemon.changes.take();
         for card in cards {
-            if let Some(c) = daemon.cards.get(card) {
-                let (load, sessions) = {
-                    let s = lock(&daemon.sched);
-                    (s.card_load(card), s.card_sessions(card))
-                };
-                let mut props = HashMap::new();
-                props.insert("Load", Variant::U64(load));
-                props.insert("ActiveSessions", Variant::U32(sessions));
-                changed(&daemon, c.path.as_str(), CARD, props).await;
-            }
+            card_figures(&daemon, card).await;
         }
         if manager_changed {
             manager(&daemon).await;
