@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use vpu_tests::clip::synthetic_clip;
 use vpu_tests::daemon::*;
 use vpu_tests::decode::decode_openh264;
-use vpud::channel::proto::ErrorCode;
+use vpud::channel::proto::{ErrorCode, WirePacket};
 use vpud::config::Config;
 use zbus::{OwnedObjectPath, OwnedVariant, Variant};
 
@@ -43,6 +43,33 @@ async fn inject(
     .unwrap();
 }
 
+/// Encodes the 40-frame clip on `ch`, injecting `kind` into card 0 after 10 frames;
+/// checks every frame came back once, in pts order, and the stream decodes to 40 frames.
+async fn encode_through(
+    conn: &zbus::Connection,
+    ch: &mut Channel,
+    kind: &str,
+    opts: HashMap<String, OwnedVariant>,
+) -> Vec<WirePacket> {
+    let clip = synthetic_clip(320, 240, 40);
+    let mut packets = ch.encode(&clip[..10]).await.unwrap();
+    inject(conn, "/org/vpud/Vpud1/card/0", kind, opts).await;
+    packets.extend(ch.encode(&clip[10..]).await.unwrap());
+    let pts: Vec<u64> = packets.iter().map(|p| p.pts).collect();
+    assert_eq!(
+        pts,
+        (0..40).collect::<Vec<u64>>(),
+        "{kind}: every frame once, in order"
+    );
+    let stream: Vec<u8> = packets.iter().flat_map(|p| p.data.clone()).collect();
+    assert_eq!(
+        decode_openh264(&stream).unwrap().len(),
+        40,
+        "{kind}: decodes to every frame"
+    );
+    packets
+}
+
 /// Encodes 40 frames on card 0, injecting `kind` after 10; checks the session moved to
 /// card 1 with every frame delivered once, and card 0 ends in `final_state`.
 async fn survives(kind: &str, opts: HashMap<String, OwnedVariant>, final_state: &str) {
@@ -67,19 +94,7 @@ async fn survives(kind: &str, opts: HashMap<String, OwnedVariant>, final_state: 
     .await
     .unwrap();
     let mut ch = Channel::open(fd).await.unwrap();
-    let clip = synthetic_clip(320, 240, 40);
-    let mut packets = ch.encode(&clip[..10]).await.unwrap();
-    inject(&conn, "/org/vpud/Vpud1/card/0", kind, opts).await;
-    packets.extend(ch.encode(&clip[10..]).await.unwrap());
-    let pts: Vec<u64> = packets.iter().map(|p| p.pts).collect();
-    assert_eq!(
-        pts,
-        (0..40).collect::<Vec<u64>>(),
-        "{kind}: every frame once, in order"
-    );
-    let stream: Vec<u8> = packets.iter().flat_map(|p| p.data.clone()).collect();
-    let decoded = decode_openh264(&stream).unwrap();
-    assert_eq!(decoded.len(), 40, "{kind}: decodes to every frame");
+    encode_through(&conn, &mut ch, kind, opts).await;
     let signal = tokio::time::timeout(Duration::from_secs(5), migrated.next())
         .await
         .unwrap()
@@ -166,22 +181,7 @@ async fn returns_after_the_reset(kind: &str) {
     let (path, fd) = create_session(&conn, &params(320, 240, 30)).await.unwrap();
     let mut signals = session_signals(&conn, path.as_str()).await;
     let mut ch = Channel::open(fd).await.unwrap();
-    let clip = synthetic_clip(320, 240, 40);
-    let mut packets = ch.encode(&clip[..10]).await.unwrap();
-    inject(&conn, "/org/vpud/Vpud1/card/0", kind, HashMap::new()).await;
-    packets.extend(ch.encode(&clip[10..]).await.unwrap());
-    let pts: Vec<u64> = packets.iter().map(|p| p.pts).collect();
-    assert_eq!(
-        pts,
-        (0..40).collect::<Vec<u64>>(),
-        "{kind}: every frame once, in order"
-    );
-    let stream: Vec<u8> = packets.iter().flat_map(|p| p.data.clone()).collect();
-    assert_eq!(
-        decode_openh264(&stream).unwrap().len(),
-        40,
-        "{kind}: decodes"
-    );
+    let packets = encode_through(&conn, &mut ch, kind, HashMap::new()).await;
     assert!(
         packets[10..].iter().any(|p| p.keyframe),
         "{kind}: a keyframe after the reset"
