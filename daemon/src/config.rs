@@ -11,6 +11,11 @@ use serde::Deserialize;
 /// Where vpud looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vpud/vpud.toml";
 
+/// Runtime worker threads unless configured. One thread serves the control path with the
+/// fewest thread wake-ups per call (`BENCHMARKS.md`, benchmark (b)) and has room for
+/// thousands of frames a second; hosts with many busy cards may want more.
+pub const DEFAULT_THREADS: u16 = 1;
+
 /// Errors loading the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -58,6 +63,9 @@ impl Policy {
 pub struct Config {
     /// Placement policy.
     pub policy: Policy,
+    /// Worker threads of the daemon's async runtime (D-Bus, data channels, card queues),
+    /// 1–64. Encoding runs on the cards, not on these threads.
+    pub threads: u16,
     pub scheduler: SchedulerConfig,
     pub quotas: Quotas,
     pub emulated: EmulatedConfig,
@@ -69,6 +77,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             policy: Policy::Spread,
+            threads: DEFAULT_THREADS,
             scheduler: SchedulerConfig::default(),
             quotas: Quotas::default(),
             emulated: EmulatedConfig::default(),
@@ -251,6 +260,13 @@ impl Config {
             value,
             accepted,
         };
+        if !(1..=64).contains(&self.threads) {
+            return Err(invalid(
+                "threads",
+                self.threads.to_string(),
+                "1 to 64 runtime worker threads",
+            ));
+        }
         let s = &self.scheduler;
         if s.realtime_reserve_percent > 100 {
             return Err(invalid(
@@ -350,6 +366,7 @@ mod tests {
         let c = Config::parse(
             r#"
 policy = "pack"
+threads = 4
 [scheduler]
 realtime_reserve_percent = 10
 measured_load_weight = 0.25
@@ -376,6 +393,7 @@ command_ms = 2000
         )
         .unwrap();
         assert_eq!(c.policy, Policy::Pack);
+        assert_eq!(c.threads, 4);
         assert_eq!(c.quotas.sessions_per_client, 4);
         assert_eq!(c.emulated.engines, 4);
         assert_eq!(c.vfio.parsed_ids(), vec![(0x1ded, 0x5650)]);
@@ -399,6 +417,10 @@ command_ms = 2000
         let e = Config::parse("[emulated]\nengines = 0\n", "t").unwrap_err();
         assert!(e.to_string().contains("emulated.engines"), "{e}");
         assert!(e.to_string().contains("1 to 16"), "{e}");
+
+        let e = Config::parse("threads = 0\n", "t").unwrap_err();
+        assert!(e.to_string().contains("threads = 0"), "{e}");
+        assert!(e.to_string().contains("1 to 64"), "{e}");
 
         let e = Config::parse("[vfio]\nids = [\"zz:1\"]\n", "t").unwrap_err();
         assert!(e.to_string().contains("vfio.ids"), "{e}");

@@ -35,8 +35,7 @@ struct Args {
     print_address: bool,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     service::memory::tune_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -48,14 +47,24 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = Config::load(args.config.as_deref()).context("loading the configuration")?;
     let bus: BusChoice = args.bus.parse()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(config.threads))
+        .thread_name("vpud-rt")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config, bus, args.emulate, args.print_address))
+}
+
+/// Serves on the bus until SIGTERM or SIGINT.
+async fn serve(config: Config, bus: BusChoice, emulate: u32, print: bool) -> anyhow::Result<()> {
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let opts = RunOptions {
         bus,
-        emulate: args.emulate,
+        emulate,
         ready: Some(ready_tx),
         systemd_notify: true,
     };
-    let print = args.print_address;
     tokio::spawn(async move {
         if let Ok(ready) = ready_rx.await {
             if print {

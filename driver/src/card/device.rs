@@ -249,7 +249,7 @@ impl Card {
     }
 
     /// Creates an encode session on the card.
-    #[tracing::instrument(skip_all, fields(card = %self.device))]
+    #[tracing::instrument(level = "debug", skip_all, fields(card = %self.device))]
     pub async fn create_session(&self, cfg: &SessionConfig) -> Result<SessionId, CardError> {
         cfg.validate(&self.identity)?;
         let params = session_params(cfg);
@@ -282,7 +282,7 @@ impl Card {
     }
 
     /// Destroys a session; frames still in flight complete as aborted.
-    #[tracing::instrument(skip_all, fields(card = %self.device, session = id.0))]
+    #[tracing::instrument(level = "debug", skip_all, fields(card = %self.device, session = id.0))]
     pub async fn destroy_session(&self, id: SessionId) -> Result<(), CardError> {
         let cmd = Command::new(VPU_ADMIN_DESTROY_SESSION).cdw10(id.0);
         let result = self.controller.admin(cmd, self.opts.command_timeout).await;
@@ -358,7 +358,7 @@ impl Card {
     }
 
     /// Resets the controller and brings it up again; every session is gone afterwards.
-    #[tracing::instrument(skip_all, fields(card = %self.device))]
+    #[tracing::instrument(level = "debug", skip_all, fields(card = %self.device))]
     pub async fn reset(&self) -> Result<(), CardError> {
         let result = self.controller.reset().await;
         lock(&self.sessions).clear();

@@ -238,35 +238,57 @@ fn fetch(shared: &Shared, ctrl: &mut Ctrl, qid: usize) -> Option<(vpu_sqe, Origi
     Some((sqe, origin))
 }
 
+/// Processes up to `BURST` commands of SQ `qid`; returns how many were processed.
+fn process_queue(shared: &Shared, ctrl: &mut Ctrl, qid: usize) -> usize {
+    let mut n = 0;
+    while n < BURST && can_process(shared, ctrl) {
+        let Some((sqe, origin)) = fetch(shared, ctrl, qid) else {
+            break;
+        };
+        n += 1;
+        let outcome = if qid == 0 {
+            admin::execute(shared, ctrl, &sqe, origin)
+        } else {
+            io_cmd::execute(shared, ctrl, &sqe, origin)
+        };
+        if let Some(done) = outcome {
+            if done.status == Status::generic(VPU_SC_DATA_TRANSFER_ERROR) {
+                ctrl.log_error(origin.sqid, origin.cid, done.status);
+            }
+            queues::post(shared, ctrl, origin, done);
+        }
+    }
+    n
+}
+
 /// Processes up to `BURST` commands of each queue; returns whether any was processed.
 fn process(shared: &Shared, ctrl: &mut Ctrl) -> bool {
     let mut any = false;
     let start = ctrl.rr;
     let io_queues = (0..QUEUE_PAIRS - 1).map(|i| 1 + (start - 1 + i) % (QUEUE_PAIRS - 1));
     for qid in std::iter::once(0).chain(io_queues) {
-        for _ in 0..BURST {
-            if !can_process(shared, ctrl) {
-                return any;
-            }
-            let Some((sqe, origin)) = fetch(shared, ctrl, qid) else {
-                break;
-            };
-            any = true;
-            let outcome = if qid == 0 {
-                admin::execute(shared, ctrl, &sqe, origin)
-            } else {
-                io_cmd::execute(shared, ctrl, &sqe, origin)
-            };
-            if let Some(done) = outcome {
-                if done.status == Status::generic(VPU_SC_DATA_TRANSFER_ERROR) {
-                    ctrl.log_error(origin.sqid, origin.cid, done.status);
-                }
-                queues::post(shared, ctrl, origin, done);
-            }
+        if !can_process(shared, ctrl) {
+            return any;
         }
+        any |= process_queue(shared, ctrl, qid) > 0;
     }
     ctrl.rr = ctrl.rr % (QUEUE_PAIRS - 1) + 1;
     any
+}
+
+/// A write to the admin submission queue's tail doorbell: the new commands run in the
+/// writer's thread before the register write returns, and their completions (and
+/// interrupts) are posted by then. Admin commands are short (none waits for an engine),
+/// and running them here spares a round trip through the controller thread: two thread
+/// wake-ups, which on a small host cost more than the command itself. Whatever cannot run
+/// now (the controller is not ready, or more than one burst is queued) is left to the
+/// controller thread.
+pub(super) fn admin_doorbell(shared: &Shared, ctrl: &mut Ctrl) {
+    process_queue(shared, ctrl, 0);
+    queues::flush_interrupts(shared, ctrl);
+    if ctrl.sqs[0].as_ref().is_some_and(|sq| sq.head != sq.tail) {
+        shared.wake.notify_one();
+    }
 }
 
 /// The controller thread: fetch, dispatch, sleep until the next doorbell.

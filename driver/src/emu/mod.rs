@@ -17,9 +17,10 @@
 //! and `engine` (the encoders), `fault`, `config`. `tests/` drives the card only through
 //! `DeviceIo`, with a small host-side queue builder.
 //!
-//! Threads: one controller thread fetches and dispatches commands; each engine thread
-//! encodes its queue of frames in order and posts completions. Both stop when the card is
-//! dropped. Lock order: controller state, then an engine's queue or a session's pending
+//! Threads: one controller thread fetches and dispatches I/O commands; admin commands run
+//! in the thread that writes the admin doorbell, before the write returns (as a device
+//! model may handle a register write synchronously); each engine thread encodes its queue
+//! of frames in order and posts completions. The threads stop when the card is dropped. Lock order: controller state, then an engine's queue or a session's pending
 //! changes; an engine holds a session's encoder, then the controller state (only to write
 //! a finished bitstream and post).
 

@@ -233,7 +233,11 @@ fn doorbell(shared: &Shared, ctrl: &mut Ctrl, offset: u32, value: u32) {
             );
         }
         sq.tail = value as u16;
-        shared.wake.notify_one();
+        if qid == 0 {
+            super::controller::admin_doorbell(shared, ctrl);
+        } else {
+            shared.wake.notify_one();
+        }
     } else {
         let Some(cq) = ctrl.cqs[qid].as_mut() else {
             return bad_doorbell(

@@ -233,6 +233,15 @@ impl Controller {
             device: self.device.clone(),
             queue: q.qid,
         };
+        if !polling {
+            // A device that completes within the doorbell write (the emulated card's admin
+            // commands) or within a few microseconds is seen now, without waiting for the
+            // interrupt and the task that serves it.
+            q.process_completions();
+            if let Ok(result) = rx.try_recv() {
+                return result;
+            }
+        }
         let wait = async {
             let result = if polling {
                 q.poll_for(&mut rx).await

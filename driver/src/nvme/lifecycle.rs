@@ -54,6 +54,15 @@ impl Active {
             q.kill(release);
         }
     }
+
+    /// Waits (at most a second) until the tasks stopped by [`Active::kill`] have ended, so
+    /// that the queue memory they held is released by the time the caller goes on.
+    pub(super) async fn tasks_ended(&self) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while self.tasks.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
+            tokio::time::sleep(STATUS_POLL).await;
+        }
+    }
 }
 
 impl Drop for Active {
@@ -173,6 +182,7 @@ impl Controller {
             Err(e) => {
                 let released = self.disable().await.is_ok();
                 active.kill(released);
+                active.tasks_ended().await;
                 Err(e)
             }
         }
@@ -335,6 +345,7 @@ impl Controller {
         let result = self.shutdown_notify().await;
         let released = self.disable().await.is_ok();
         active.kill(released);
+        active.tasks_ended().await;
         tracing::info!(device = %self.device, ok = result.is_ok(), "controller shut down");
         result
     }
@@ -386,6 +397,7 @@ impl Controller {
         };
         if let Some(old) = old {
             old.kill(disabled.is_ok());
+            old.tasks_ended().await;
         }
         // Spare list pages are in no command, so the device cannot reach them.
         self.pool.clear();

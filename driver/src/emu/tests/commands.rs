@@ -270,6 +270,47 @@ fn unmapped_iova_is_a_data_transfer_error() {
 }
 
 #[test]
+fn admin_commands_complete_within_the_doorbell_write() {
+    let mut host = Host::new(EmuConfig::default());
+    // Drain the vector's count left by enabling.
+    let _ = host.irqs[0].read();
+    let buf = host.io.alloc_dma(4096).unwrap();
+    let mut c = cmd(VPU_ADMIN_IDENTIFY);
+    c.prp1 = buf.iova();
+    c.cdw10 = VPU_IDENTIFY_CNS_CONTROLLER;
+    let cid = host.admin.submit(&host.io, c);
+    // No waiting: the entry and its interrupt are there when the write returns.
+    let cqe = host
+        .admin
+        .take()
+        .expect("completion posted by the doorbell write");
+    assert_eq!({ cqe.cid }, cid);
+    assert_eq!(status(&cqe), OK);
+    assert!(host.irqs[0].read().unwrap() >= 1, "interrupt signalled");
+    host.admin.release(&host.io);
+    // More than one burst in one write: the rest is completed by the controller thread.
+    for _ in 0..12 {
+        let sqe = cmd(VPU_ADMIN_GET_FEATURES);
+        assert!(host.admin.sq.write(
+            usize::from(host.admin.sq_tail) * 64,
+            as_bytes(&vpu_sqe {
+                cid: 100 + host.admin.sq_tail,
+                ..sqe
+            })
+        ));
+        host.admin.sq_tail = (host.admin.sq_tail + 1) % host.admin.size;
+    }
+    let db = VPU_REG_DBS;
+    host.io
+        .write32(0, u64::from(db), u32::from(host.admin.sq_tail))
+        .unwrap();
+    for _ in 0..12 {
+        let cqe = host.admin.wait(&host.io, TIMEOUT).expect("completion");
+        assert_eq!(status(&cqe), (VPU_SCT_GENERIC, VPU_SC_INVALID_FIELD));
+    }
+}
+
+#[test]
 fn without_bus_master_nothing_is_fetched() {
     let mut host = Host::with_bus_master(EmuConfig::default(), false);
     host.admin.submit(&host.io, cmd(VPU_ADMIN_GET_FEATURES));
