@@ -224,8 +224,6 @@ pub async fn create(
         lock(&daemon.sessions).remove(&id);
         return Err(cleanup_card_session(SessionError::Bus(e)));
     }
-    tracing::info!(session = id, card = %card.name, owner, units = placement.units,
-        width = req.width, height = req.height, "session created");
     let worker = worker::Worker {
         daemon: Arc::clone(daemon),
         entry: Arc::clone(&entry),
@@ -236,7 +234,13 @@ pub async fn create(
         control_rx,
         pending_migrate: None,
     };
-    tokio::spawn(worker.serve());
+    // Logged by the session's task, which first runs once the reply is on its way.
+    let (owner, units, width, height) = (owner.to_owned(), placement.units, req.width, req.height);
+    tokio::spawn(async move {
+        tracing::info!(session = id, card = %worker.card.name, owner, units, width, height,
+            "session created");
+        worker.serve().await
+    });
     Ok(Created {
         id,
         path,
@@ -248,7 +252,8 @@ pub async fn create(
 /// `Manager.Sessions`, and its object goes with `Closed(reason)`. Done once, by whichever
 /// comes first: the owner's `Close` ([`close`]) or the session's task ending.
 pub fn retire(daemon: &Arc<Daemon>, entry: &Arc<SessionEntry>, reason: &str) {
-    if let Some(card) = retire_books(daemon, entry, reason) {
+    if let Some(card) = retire_books(daemon, entry) {
+        tracing::info!(session = entry.id, reason, "session closed");
         // The announcements go out after the caller's reply (Close returns sooner); the
         // books are already right for the next request.
         let (d, e, r) = (Arc::clone(daemon), Arc::clone(entry), reason.to_owned());
@@ -265,13 +270,16 @@ pub fn retire(daemon: &Arc<Daemon>, entry: &Arc<SessionEntry>, reason: &str) {
 /// task nor the signals stand between the caller and the reply. The task destroys the
 /// card session and unmaps the client's buffers right after.
 pub fn close(daemon: &Arc<Daemon>, entry: &Arc<SessionEntry>, code: ErrorCode, reason: &str) {
-    let removed = retire_books(daemon, entry, reason);
+    let removed = retire_books(daemon, entry);
     let first = entry.begin_close();
     if removed.is_none() && !first {
         return;
     }
     let (d, e, r) = (Arc::clone(daemon), Arc::clone(entry), reason.to_owned());
     tokio::spawn(async move {
+        if removed.is_some() {
+            tracing::info!(session = e.id, reason = r, "session closed");
+        }
         if first {
             e.send_close(Some(code), &r);
         }
@@ -283,18 +291,13 @@ pub fn close(daemon: &Arc<Daemon>, entry: &Arc<SessionEntry>, code: ErrorCode, r
 
 /// The bookkeeping half of [`retire`]: returns the card whose reservation was released
 /// (`Some(None)` if the session held none), or `None` if the session was already retired.
-fn retire_books(
-    daemon: &Arc<Daemon>,
-    entry: &Arc<SessionEntry>,
-    reason: &str,
-) -> Option<Option<usize>> {
+fn retire_books(daemon: &Arc<Daemon>, entry: &Arc<SessionEntry>) -> Option<Option<usize>> {
     if entry.retired.swap(true, Ordering::AcqRel) {
         return None;
     }
     let placement = lock(&daemon.sched).release(entry.id);
     lock(&daemon.sessions).remove(&entry.id);
     Metrics::add(&daemon.metrics.sessions_closed, 1);
-    tracing::info!(session = entry.id, reason, "session closed");
     Some(placement.map(|p| p.card))
 }
 
