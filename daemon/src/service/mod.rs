@@ -168,6 +168,7 @@ pub async fn run(
             capacity = c.card.identity().capacity(), "card online");
     }
     let daemon = Arc::new(Daemon::new(config, cards, Arc::new(Metrics::default())));
+    daemon.spare_channels.fill();
 
     let (builder, address, _private) = match &opts.bus {
         BusChoice::System => (
@@ -275,6 +276,7 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(5), s.wait_finished()).await;
     }
     let _ = conn.release_name(dbus::BUS_NAME).await;
+    daemon.spare_channels.clear();
     watcher.abort();
     publisher.abort();
     for c in &daemon.cards {

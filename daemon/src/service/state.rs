@@ -14,6 +14,7 @@ use vpu_driver::io::BackendKind;
 use zbus::{Connection, OwnedObjectPath};
 
 use crate::channel::proto::ErrorCode;
+use crate::channel::spare::SparePairs;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::scheduler::{CardLimits, CardState, Demand, Scheduler};
@@ -275,6 +276,8 @@ pub struct Daemon {
     pub changes: Changes,
     conn: OnceLock<Connection>,
     pub shutting_down: AtomicBool,
+    /// Channel socket pairs ready for the next sessions.
+    pub spare_channels: Arc<SparePairs>,
 }
 
 impl Daemon {
@@ -300,6 +303,7 @@ impl Daemon {
             changes: Changes::default(),
             conn: OnceLock::new(),
             shutting_down: AtomicBool::new(false),
+            spare_channels: Arc::default(),
         }
     }
 

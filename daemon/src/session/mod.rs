@@ -15,7 +15,7 @@ use vpu_driver::card::{CardError, Codec, PixelFormat, RateControl, SessionConfig
 use zbus::OwnedObjectPath;
 
 use crate::channel::proto::{ErrorCode, Hello, MAX_BUFFERS, MAX_RECORD_LEN, VERSION};
-use crate::channel::socket::{self, SeqPacket, SocketError};
+use crate::channel::socket::SocketError;
 use crate::dbus::params::SessionRequest;
 use crate::metrics::Metrics;
 use crate::scheduler::{Demand, SchedError};
@@ -167,8 +167,11 @@ pub async fn create(
         });
         e
     };
-    let (ours, theirs) = socket::pair().map_err(|e| cleanup_card_session(e.into()))?;
-    let sock = SeqPacket::new(ours).map_err(|e| cleanup_card_session(e.into()))?;
+    let (sock, theirs) = daemon
+        .spare_channels
+        .take()
+        .map_err(|e| cleanup_card_session(e.into()))?;
+    daemon.spare_channels.refill_later();
     let path = OwnedObjectPath::try_from(format!("{ROOT_PATH}/session/{id}"))
         .map_err(|e| cleanup_card_session(SessionError::Bus(e)))?;
     let (control, control_rx) = mpsc::unbounded_channel();
