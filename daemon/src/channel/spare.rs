@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::socket::{self, SeqPacket, SocketError};
+use crate::service::state::lock;
 
 /// Spare pairs kept: enough for a burst of creations between two refills.
 pub const SPARES: usize = 4;
@@ -30,11 +31,7 @@ fn new_pair() -> Result<Pair, SocketError> {
 impl SparePairs {
     /// A pair: a spare one if there is one, else a new one. Must run on the runtime.
     pub fn take(&self) -> Result<Pair, SocketError> {
-        let spare = self
-            .pairs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop();
+        let spare = lock(&self.pairs).pop();
         match spare {
             Some(p) => Ok(p),
             None => new_pair(),
@@ -42,16 +39,8 @@ impl SparePairs {
     }
 
     /// Spare pairs held now.
-    pub fn len(&self) -> usize {
-        self.pairs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
-    }
-
-    /// Whether no spare pair is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    fn len(&self) -> usize {
+        lock(&self.pairs).len()
     }
 
     /// Tops the spares up to [`SPARES`] (failures are left for [`SparePairs::take`] to
@@ -61,10 +50,7 @@ impl SparePairs {
             let Ok(p) = new_pair() else {
                 return;
             };
-            self.pairs
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(p);
+            lock(&self.pairs).push(p);
         }
     }
 
@@ -83,10 +69,7 @@ impl SparePairs {
 
     /// Closes every spare pair (at shutdown).
     pub fn clear(&self) {
-        self.pairs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+        lock(&self.pairs).clear();
     }
 }
 
@@ -120,7 +103,7 @@ mod tests {
         for _ in 0..SPARES + 2 {
             spares.take().unwrap();
         }
-        assert!(spares.is_empty());
+        assert_eq!(spares.len(), 0);
         spares.clear();
     }
 }

@@ -20,9 +20,10 @@
 //! Threads: one controller thread fetches and dispatches I/O commands; admin commands run
 //! in the thread that writes the admin doorbell, before the write returns (as a device
 //! model may handle a register write synchronously); each engine thread encodes its queue
-//! of frames in order and posts completions. The threads stop when the card is dropped. Lock order: controller state, then an engine's queue or a session's pending
-//! changes; an engine holds a session's encoder, then the controller state (only to write
-//! a finished bitstream and post).
+//! of frames in order and posts completions. The threads stop when the card is dropped.
+//! Lock order: controller state, then an engine's queue or a session's pending changes; an
+//! engine holds a session's encoder, then the controller state (only to write a finished
+//! bitstream and post).
 
 mod admin;
 mod card;

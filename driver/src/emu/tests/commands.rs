@@ -290,20 +290,9 @@ fn admin_commands_complete_within_the_doorbell_write() {
     host.admin.release(&host.io);
     // More than one burst in one write: the rest is completed by the controller thread.
     for _ in 0..12 {
-        let sqe = cmd(VPU_ADMIN_GET_FEATURES);
-        assert!(host.admin.sq.write(
-            usize::from(host.admin.sq_tail) * 64,
-            as_bytes(&vpu_sqe {
-                cid: 100 + host.admin.sq_tail,
-                ..sqe
-            })
-        ));
-        host.admin.sq_tail = (host.admin.sq_tail + 1) % host.admin.size;
+        host.admin.queue(cmd(VPU_ADMIN_GET_FEATURES));
     }
-    let db = VPU_REG_DBS;
-    host.io
-        .write32(0, u64::from(db), u32::from(host.admin.sq_tail))
-        .unwrap();
+    host.admin.ring(&host.io);
     for _ in 0..12 {
         let cqe = host.admin.wait(&host.io, TIMEOUT).expect("completion");
         assert_eq!(status(&cqe), (VPU_SCT_GENERIC, VPU_SC_INVALID_FIELD));

@@ -60,17 +60,28 @@ impl QueuePair {
     }
 
     /// Writes `sqe` (with a fresh cid) at the tail and rings the doorbell; returns the cid.
-    pub fn submit(&mut self, io: &Arc<dyn DeviceIo>, mut sqe: vpu_sqe) -> u16 {
+    pub fn submit(&mut self, io: &Arc<dyn DeviceIo>, sqe: vpu_sqe) -> u16 {
+        let cid = self.queue(sqe);
+        self.ring(io);
+        cid
+    }
+
+    /// Writes `sqe` (with a fresh cid) at the tail without ringing; returns the cid.
+    pub fn queue(&mut self, mut sqe: vpu_sqe) -> u16 {
         sqe.cid = self.next_cid;
         self.next_cid = self.next_cid.wrapping_add(1).max(1);
         assert!(self
             .sq
             .write(usize::from(self.sq_tail) * 64, as_bytes(&sqe)));
         self.sq_tail = (self.sq_tail + 1) % self.size;
+        sqe.cid
+    }
+
+    /// Rings the SQ tail doorbell with the current tail.
+    pub fn ring(&self, io: &Arc<dyn DeviceIo>) {
         let db = VPU_REG_DBS + 2 * u32::from(self.qid) * 4;
         io.write32(0, u64::from(db), u32::from(self.sq_tail))
             .unwrap();
-        sqe.cid
     }
 
     /// The next completion if one is posted, without releasing it.
