@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use common::{baseline_encoder, encode_i420, VpudProcess};
 use vpu_driver::media::TestPattern;
-use vpud::client::{Client, SessionParams};
+use vpud_client::{Client, SessionParams};
 
 const WIDTH: u32 = 1280;
 const HEIGHT: u32 = 720;

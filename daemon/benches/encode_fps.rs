@@ -29,6 +29,7 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let clip = dir.path().join("clip.y4m");
     write_clip(&clip, WIDTH, HEIGHT, FPS, frames);
+    let vpuctl = common::vpuctl_binary();
     let vpud = VpudProcess::start(1).await;
 
     let mut direct = Vec::new();
@@ -45,7 +46,7 @@ async fn main() {
         let out = dir.path().join("vpud.h264");
         let (children0, vpud0) = (rusage_seconds(Usage::Children), vpud.cpu_seconds());
         let start = Instant::now();
-        let res = Command::new(env!("CARGO_BIN_EXE_vpuctl"))
+        let res = Command::new(&vpuctl)
             .args(["--bus", vpud.address(), "encode"])
             .arg(&clip)
             .arg("-o")

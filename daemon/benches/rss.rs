@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::VpudProcess;
 use vpu_driver::media::TestPattern;
-use vpud::client::{Client, SessionParams};
+use vpud_client::{Client, SessionParams};
 
 const SESSIONS: usize = 8;
 const FRAMES: u64 = 10;

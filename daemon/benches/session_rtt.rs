@@ -11,8 +11,8 @@ mod common;
 use std::time::Instant;
 
 use common::{percentile, VpudProcess};
-use vpud::client::proxy::{BUS_NAME, ROOT_PATH};
-use vpud::client::{Client, SessionParams};
+use vpud_client::proxy::{BUS_NAME, ROOT_PATH};
+use vpud_client::{Client, SessionParams};
 
 const BLOCK: usize = 50;
 

@@ -5,7 +5,7 @@
 #   daemon/dist/install.sh [--prefix DIR] [--sysconfdir DIR] [--destdir DIR] [--from DIR]
 #                          [--no-reload]
 #
-# Build first: cargo build --release -p vpud
+# Build first: cargo build --release -p vpud -p vpuctl
 #
 # --prefix DIR      binaries go to DIR/bin, documentation to DIR/share/doc/vpud; the unit and
 #                   the activation file run DIR/bin/vpud (default /usr)
@@ -68,7 +68,7 @@ if [ -n "$destdir" ]; then
 fi
 
 for bin in vpud vpuctl; do
-    [ -x "$from/$bin" ] || die "$from/$bin not found: build it with 'cargo build --release -p vpud', or point --from at the directory holding it"
+    [ -x "$from/$bin" ] || die "$from/$bin not found: build it with 'cargo build --release -p vpud -p vpuctl', or point --from at the directory holding it"
 done
 for file in vpud.service org.vpud.Vpud1.service org.vpud.Vpud1.conf org.vpud.Vpud1.xml \
     org.vpud.Vpud1.policy vpud.sysusers vpud.toml ../../udev/70-vpud.rules \

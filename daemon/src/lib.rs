@@ -13,17 +13,17 @@
 //! - [`dbus`]: the D-Bus objects, a thin layer over the above;
 //! - [`service`]: the daemon itself, run as a service or embedded in-process;
 //! - [`bus`]: a private `dbus-daemon` for machines without a bus, demos and tests;
-//! - [`notify`]: systemd readiness and watchdog; [`metrics`]: counters;
-//! - [`client`]: the client library media services use (and `vpuctl`);
-//! - [`ctl`]: `vpuctl`, the command line.
+//! - [`notify`]: systemd readiness and watchdog; [`metrics`]: counters.
+//!
+//! The client library media services use is the `vpud-client` crate, the data channel's
+//! wire format `vpud-proto`, and the command line `vpuctl`: none of them needs this crate
+//! (`vpuctl` embeds it only for `--emulate` and the demo).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod bus;
 pub mod channel;
-pub mod client;
 pub mod config;
-pub mod ctl;
 pub mod dbus;
 pub mod discovery;
 pub mod metrics;

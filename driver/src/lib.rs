@@ -12,10 +12,15 @@
 //! - [`media`]: Y4M reading and writing and a synthetic test pattern, for tools and tests.
 //!
 //! No D-Bus and no scheduling live here; that is the daemon's.
+//!
+//! [`emu`] and [`media`] (and the software encoder they build) are behind the `emulator`
+//! feature: a program that drives only real cards leaves it off; the daemon turns it on.
 
 pub mod card;
+#[cfg(feature = "emulator")]
 pub mod emu;
 pub mod io;
+#[cfg(feature = "emulator")]
 pub mod media;
 pub mod nvme;
 pub mod vfio;

@@ -351,8 +351,15 @@ pub fn workspace_binary(name: &str) -> Result<std::path::PathBuf> {
     if !built.iter().any(|b| b == name) {
         let release = profile_dir.file_name().is_some_and(|p| p == "release");
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "-p", "vpud", "--bin", name])
-            .current_dir(workspace_root());
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            if name == "vpuctl" { "vpuctl" } else { "vpud" },
+            "--bin",
+            name,
+        ])
+        .current_dir(workspace_root());
         if release {
             cmd.arg("--release");
         }

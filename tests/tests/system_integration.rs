@@ -22,7 +22,7 @@
 //! host (`systemd-sysusers`, idempotent).
 //!
 //! The binaries under test are the workspace's `vpud` and `vpuctl`, found next to this
-//! test's own target directory (`cargo build -p vpud --bins` first) or in `VPUD_BIN_DIR`.
+//! test's own target directory (`cargo build -p vpud -p vpuctl --bins` first) or in `VPUD_BIN_DIR`.
 
 #[path = "system_integration/bus.rs"]
 mod bus;
@@ -120,7 +120,7 @@ fn binaries() -> PathBuf {
     for bin in ["vpud", "vpuctl"] {
         assert!(
             dir.join(bin).is_file(),
-            "{} not found: build the binaries with `cargo build -p vpud --bins` (or set VPUD_BIN_DIR)",
+            "{} not found: build the binaries with `cargo build -p vpud -p vpuctl --bins` (or set VPUD_BIN_DIR)",
             dir.join(bin).display()
         );
     }

@@ -18,7 +18,7 @@ use openh264::formats::YUVSlices;
 use openh264::OpenH264API;
 use vpu_driver::media::{TestPattern, Y4mHeader, Y4mReader, Y4mWriter};
 use vpud::bus::PrivateBus;
-use vpud::client::Client;
+use vpud_client::Client;
 
 /// A `vpud` process serving on a private bus of its own.
 pub struct VpudProcess {
@@ -220,4 +220,23 @@ pub fn rusage_seconds(who: Usage) -> f64 {
     let u = unsafe { u.assume_init() };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// The `vpuctl` binary of this build (its own crate), built next to `vpud` if it is not there.
+#[allow(dead_code)]
+pub fn vpuctl_binary() -> std::path::PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_vpud")).with_file_name("vpuctl");
+    let profile = path
+        .parent()
+        .and_then(Path::file_name)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet", "-p", "vpuctl", "--bin", "vpuctl"]);
+    if profile == "release" {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("running cargo build -p vpuctl");
+    assert!(status.success(), "cargo build -p vpuctl failed");
+    path
 }

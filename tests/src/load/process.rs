@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use vpud::bus::PrivateBus;
-use vpud::client::Client;
+use vpud_client::Client;
 
 /// Name of the client library's frame-pool memfds, as it appears in `/proc/PID/maps`.
 const FRAME_POOL_MAP: &str = "memfd:vpud-frames";

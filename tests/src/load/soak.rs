@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use vpu_driver::media::TestPattern;
-use vpud::client::{Client, ClientError, SessionParams};
+use vpud_client::{Client, ClientError, SessionParams};
 use zbus::OwnedObjectPath;
 
 use super::process::{machine_load, sample_pid, VpudProcess};

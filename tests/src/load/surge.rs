@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use tokio::sync::{watch, Mutex};
 use tokio::time::MissedTickBehavior;
 use vpu_driver::media::TestPattern;
-use vpud::client::{Client, ClientError, Session, SessionParams};
+use vpud_client::{Client, ClientError, Session, SessionParams};
 
 use super::process::{machine_load, VpudProcess};
 pub use super::surge_report::{SurgeReport, WindowRate};

@@ -11,9 +11,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 use vpu_driver::media::TestPattern;
-use vpud::client::{Client, SessionParams};
 use vpud::config::Config;
 use vpud::service::Embedded;
+use vpud_client::{Client, SessionParams};
 
 const VPUCTL: &str = env!("CARGO_BIN_EXE_vpuctl");
 

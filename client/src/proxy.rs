@@ -1,7 +1,7 @@
 //! zbus proxies of vpud's D-Bus interfaces, exactly as `dbus-api.md` names them.
 //!
 //! Properties that change while a client watches (loads, counters, states) are read
-//! uncached by [`crate::client::Client`], so a `vpuctl status` always shows the
+//! uncached by [`crate::Client`], so a `vpuctl status` always shows the
 //! daemon's current view.
 
 use std::collections::HashMap;

@@ -1,5 +1,5 @@
 //! The MP4 muxer against real tools: a stream from the openh264 encoder, muxed by
-//! `vpud::ctl::mp4`, must be read by `ffprobe` with the right codec, size and frame count,
+//! `vpuctl::mp4`, must be read by `ffprobe` with the right codec, size and frame count,
 //! and decode with `ffmpeg` without errors.
 
 #![allow(clippy::unwrap_used)]
@@ -15,7 +15,7 @@ use std::process::Command;
 use openh264::encoder::{Encoder, EncoderConfig, IntraFramePeriod};
 use openh264::formats::YUVBuffer;
 use openh264::OpenH264API;
-use vpud::ctl::mp4::Mp4Writer;
+use vpuctl::mp4::Mp4Writer;
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vpud-mp4-test-{}-{name}", std::process::id()));

@@ -10,7 +10,7 @@ pub use super::input::Input;
 use super::output::Output;
 use super::table::bitrate;
 use super::CtlError;
-use crate::client::{Client, Session, SessionParams};
+use vpud_client::{Client, Session, SessionParams};
 
 /// What an encode did.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,7 +2,7 @@
 
 use super::cli::InjectArgs;
 use super::CtlError;
-use crate::client::{Client, FaultOptions};
+use vpud_client::{Client, FaultOptions};
 
 /// Injects the fault and says what was done.
 pub async fn inject(client: &Client, args: &InjectArgs) -> Result<String, CtlError> {

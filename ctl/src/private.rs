@@ -2,9 +2,9 @@
 //! the length of one command.
 
 use super::{error_chain, CtlError};
-use crate::client::Client;
-use crate::config::Config;
-use crate::service::Embedded;
+use vpud::config::Config;
+use vpud::service::Embedded;
+use vpud_client::Client;
 
 /// A private daemon and a client connected to it.
 #[derive(Debug)]

@@ -11,11 +11,11 @@ use std::os::fd::OwnedFd;
 
 use super::error::{ClientError, Result};
 use super::pool::FramePool;
-use crate::channel::proto::{
+use vpud_proto::socket::{SeqPacket, SocketError};
+use vpud_proto::{
     ClientRecord, DaemonRecord, ErrorCode, FrameRef, Hello, PacketAssembler, WirePacket,
     FRAME_FORCE_KEYFRAME, MAX_RECORD_LEN,
 };
-use crate::channel::socket::{SeqPacket, SocketError};
 
 /// An encoded packet: Annex-B bytes (empty when the encoder skipped the frame), the
 /// frame's pts and whether it is a keyframe.

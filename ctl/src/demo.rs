@@ -13,7 +13,7 @@ use super::table::{bitrate, Table};
 use super::CtlError;
 use vpu_driver::media::TestPattern;
 
-use crate::client::{CardInfo, Client, SessionParams};
+use vpud_client::{CardInfo, Client, SessionParams};
 
 /// Frame rate of every demo stream.
 const DEMO_FPS: u32 = 30;

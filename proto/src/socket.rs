@@ -12,7 +12,7 @@ use nix::sys::socket::{
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::proto::MAX_RECORD_LEN;
+use crate::MAX_RECORD_LEN;
 
 /// Most descriptors accepted with one record (the protocol passes at most one; extra ones
 /// are received so that they can be closed, and the record rejected).

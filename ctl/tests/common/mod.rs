@@ -1,4 +1,4 @@
-//! Shared by the daemon's integration tests: Y4M clips in, and the real tools that check
+//! Shared by vpuctl's integration tests: Y4M clips in, and the real tools that check
 //! what comes out (`ffprobe` and `ffmpeg`, Debian package `ffmpeg`).
 
 // Each test binary uses its own subset.
@@ -65,4 +65,23 @@ pub fn decodes_cleanly(path: &Path) {
         path.display(),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The `vpud` binary of this build (the daemon's crate), built next to `vpuctl` first.
+pub fn vpud_binary() -> std::path::PathBuf {
+    let vpuctl = Path::new(env!("CARGO_BIN_EXE_vpuctl"));
+    let release = vpuctl
+        .parent()
+        .and_then(Path::file_name)
+        .is_some_and(|p| p == "release");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet", "-p", "vpud", "--bin", "vpud"]);
+    if release {
+        cmd.arg("--release");
+    }
+    assert!(
+        cmd.status().expect("running cargo build -p vpud").success(),
+        "cargo build -p vpud failed"
+    );
+    vpuctl.with_file_name("vpud")
 }

@@ -5,8 +5,8 @@
 use std::os::fd::{AsFd, OwnedFd};
 
 use super::*;
-use crate::channel::proto::{kind, packet_chunks, WireFrameType, HEADER_LEN, VERSION};
-use crate::channel::socket::pair;
+use vpud_proto::socket::pair;
+use vpud_proto::{kind, packet_chunks, WireFrameType, HEADER_LEN, VERSION};
 
 const W: u32 = 8;
 const H: u32 = 4;
@@ -84,7 +84,7 @@ fn frame_bytes(memfd: &OwnedFd, offset: u64) -> Vec<u8> {
 async fn frames_go_by_reference_and_packets_come_back_in_chunks() {
     let (client, mut daemon) = setup();
     let (mut ch, memfd) = open_with(&mut daemon, client, 2).await;
-    let big = vec![0xabu8; crate::channel::proto::MAX_PACKET_CHUNK + 100];
+    let big = vec![0xabu8; vpud_proto::MAX_PACKET_CHUNK + 100];
 
     let daemon_task = tokio::spawn(async move {
         let mut frames = Vec::new();
@@ -149,10 +149,7 @@ async fn frames_go_by_reference_and_packets_come_back_in_chunks() {
 
     assert_eq!(packets.iter().map(|p| p.pts).collect::<Vec<_>>(), [0, 1, 2]);
     assert!(packets[0].keyframe && !packets[1].keyframe);
-    assert_eq!(
-        packets[1].data.len(),
-        crate::channel::proto::MAX_PACKET_CHUNK + 100
-    );
+    assert_eq!(packets[1].data.len(), vpud_proto::MAX_PACKET_CHUNK + 100);
     assert!(frames[0].force_keyframe());
     // Two slots: the third frame reused the first one's memory after its FRAME_DONE.
     assert_eq!(frames[2].offset, frames[0].offset);

@@ -8,7 +8,6 @@
 //!
 //! `--emulate N` runs a private daemon for the one command ([`private`]).
 
-mod annexb;
 pub mod cli;
 pub mod demo;
 pub mod encode;
@@ -21,12 +20,12 @@ mod output;
 pub mod private;
 pub mod table;
 
-pub use annexb::{is_idr, nal_type, nal_units};
 pub use cli::{Cli, Command};
 pub use error::{error_chain, CtlError};
+pub use vpud_client::annexb::{is_idr, nal_type, nal_units};
 
-use crate::client::Client;
 use private::PrivateDaemon;
+use vpud_client::Client;
 
 /// Runs one `vpuctl` command, printing its results on stdout.
 pub async fn run(cli: Cli) -> Result<(), CtlError> {

@@ -24,14 +24,13 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use vpu_driver::media::TestPattern;
 use vpud::bus::PrivateBus;
-use vpud::client::{Client, SessionParams};
 use vpud::config::Config;
 use vpud::service::Embedded;
+use vpud_client::{Client, SessionParams};
 use zbus::OwnedObjectPath;
 use zbus::OwnedVariant;
 
 const VPUCTL: &str = env!("CARGO_BIN_EXE_vpuctl");
-const VPUD: &str = env!("CARGO_BIN_EXE_vpud");
 const WIDTH: u32 = 320;
 const HEIGHT: u32 = 240;
 /// Long enough that the fault lands mid-encode, however fast the machine (`vpuctl` reads
@@ -372,7 +371,7 @@ async fn removal_of_the_only_card_ends_the_session_with_a_reason() {
 
 /// A `vpud` child process on `bus` with two emulated cards, once it serves.
 fn spawn_vpud(bus: &str) -> Child {
-    let mut child = Command::new(VPUD)
+    let mut child = Command::new(common::vpud_binary())
         .args(["--bus", bus, "--emulate", "2", "--print-address"])
         .env("VPUD_LOG", "warn")
         .stdin(Stdio::null())

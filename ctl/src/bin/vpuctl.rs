@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use vpud::ctl::{error_chain, run, Cli};
+use vpuctl::{error_chain, run, Cli};
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -1,4 +1,6 @@
-//! The data channel's wire format: records and their codec (`docs/data-channel.md`).
+//! vpud's data channel: the wire format of its records and the socket they travel on
+//! (`docs/data-channel.md`). The daemon and every client (the `vpud-client` library, or a
+//! media service's own code) share this crate, and nothing else of the daemon.
 //!
 //! Every record is one datagram on a `SOCK_SEQPACKET` Unix socket: an 8-byte header
 //! (`kind`, `version`, reserved, body length) followed by a body whose layout depends on the
@@ -11,11 +13,16 @@
 //! [`MAX_PACKET_LEN`]).
 //!
 //! Layout: `types` (kinds, limits, records, errors), `codec` (encode and decode),
-//! `chunks` (packet splitting and reassembly).
+//! `chunks` (packet splitting and reassembly), [`socket`] (the `SOCK_SEQPACKET` pair, with
+//! file descriptors passed alongside records).
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod chunks;
 mod codec;
 mod types;
+
+pub mod socket;
 
 pub use chunks::{packet_chunks, PacketAssembler};
 pub use codec::kind_name;

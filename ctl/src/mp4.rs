@@ -8,7 +8,7 @@
 
 use std::io::{self, Seek, SeekFrom, Write};
 
-use super::annexb::{nal_type, nal_units, NAL_AUD, NAL_IDR, NAL_PPS, NAL_SPS};
+use vpud_client::annexb::{nal_type, nal_units, NAL_AUD, NAL_IDR, NAL_PPS, NAL_SPS};
 
 /// Errors of the MP4 muxer.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use super::table::{bitrate, Table};
 use super::CtlError;
-use crate::client::{CardInfo, Client, ManagerInfo, SessionInfo};
+use vpud_client::{CardInfo, Client, ManagerInfo, SessionInfo};
 
 /// What `vpuctl status --json` prints.
 #[derive(Debug, Serialize)]

@@ -1,10 +1,16 @@
 //! The client library of vpud, for media services and `vpuctl`.
 //!
+//! A media service depends on this crate (and, through it, on `vpud-proto`, the data
+//! channel's wire format) and on nothing of the daemon.
+//!
 //! [`Client::connect`] finds the daemon (`--bus`, then `VPUD_BUS_ADDRESS`, then the system
 //! bus); [`Client::create_session`] opens an encode session whose frames and packets
 //! travel over the session's data channel ([`Session`]), not over D-Bus. Errors the daemon
 //! replies with are typed ([`ClientError`]).
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod annexb;
 mod channel;
 mod connect;
 mod error;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use vpu_driver::media::MediaError;
 
 use super::mp4::Mp4Error;
-use crate::client::ClientError;
+use vpud_client::ClientError;
 
 /// Everything a `vpuctl` command can fail with; the binary prints it and exits non-zero.
 #[derive(Debug, thiserror::Error)]

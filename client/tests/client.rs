@@ -6,9 +6,9 @@
 
 use vpu_driver::media::TestPattern;
 use vpud::bus::PrivateBus;
-use vpud::client::{Client, ClientError, SessionParams};
 use vpud::config::Config;
 use vpud::service::Embedded;
+use vpud_client::{Client, ClientError, SessionParams};
 
 fn params(w: u32, h: u32) -> SessionParams {
     let mut p = SessionParams::h264(w, h, 30);
@@ -117,7 +117,7 @@ async fn pinned_sessions_keyframes_and_counters() {
         .collect();
     assert_eq!(keys, [100, 104]);
     assert!(packets.iter().all(|p| !p.data.is_empty()));
-    assert!(vpud::ctl::is_idr(&packets[4].data));
+    assert!(vpud_client::annexb::is_idr(&packets[4].data));
     let c = s.counters();
     assert_eq!((c.frames_sent, c.packets, c.keyframes), (6, 6, 2));
     s.close().await.unwrap();
