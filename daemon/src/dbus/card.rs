@@ -11,9 +11,8 @@ use zbus::{Connection, OwnedVariant};
 use super::access::require_admin;
 use super::error::VpudError;
 use super::{counted, params};
-use crate::scheduler::CardState;
-use crate::service::health;
 use crate::service::state::{lock, CardEntry, Daemon};
+use crate::service::{admin, health};
 
 /// A card object.
 #[derive(Debug)]
@@ -32,26 +31,8 @@ impl CardIface {
     ) -> Result<(), VpudError> {
         counted(&self.daemon, async {
             require_admin(conn, &header, "Card.Drain").await?;
-            let prev = {
-                let mut s = lock(&self.daemon.sched);
-                match s.state(self.card.index) {
-                    Some(CardState::Online) => s.set_state(self.card.index, CardState::Draining),
-                    Some(CardState::Draining) => None,
-                    Some(other) => {
-                        return Err(VpudError::NotSupported(format!(
-                            "card {} is {}; only an online card can be drained",
-                            self.card.name,
-                            other.as_str()
-                        )))
-                    }
-                    None => None,
-                }
-            };
-            if prev.is_some() {
-                tracing::info!(card = %self.card.name, "draining");
-                super::signals::card_state(&self.daemon, self.card.index).await;
-            }
-            Ok(())
+            admin::drain(&self.daemon, self.card.index)
+                .map_err(|e| VpudError::NotSupported(e.to_string()))
         })
         .await
     }
@@ -64,29 +45,8 @@ impl CardIface {
     ) -> Result<(), VpudError> {
         counted(&self.daemon, async {
             require_admin(conn, &header, "Card.Resume").await?;
-            let changed = {
-                let mut s = lock(&self.daemon.sched);
-                match s.state(self.card.index) {
-                    Some(CardState::Draining) => {
-                        s.set_state(self.card.index, CardState::Online);
-                        true
-                    }
-                    Some(CardState::Online) => false,
-                    Some(other) => {
-                        return Err(VpudError::NotSupported(format!(
-                            "card {} is {}; Resume applies to a draining card (Reset brings a failed one back)",
-                            self.card.name,
-                            other.as_str()
-                        )))
-                    }
-                    None => false,
-                }
-            };
-            if changed {
-                tracing::info!(card = %self.card.name, "resumed");
-                super::signals::card_state(&self.daemon, self.card.index).await;
-            }
-            Ok(())
+            admin::resume(&self.daemon, self.card.index)
+                .map_err(|e| VpudError::NotSupported(e.to_string()))
         })
         .await
     }

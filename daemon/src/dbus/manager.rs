@@ -9,7 +9,7 @@ use zbus::{OwnedObjectPath, OwnedVariant};
 
 use super::access::caller;
 use super::error::VpudError;
-use super::{counted, params};
+use super::{counted, params, signals};
 use crate::service::state::{lock, Daemon};
 use crate::session::{self, SessionError};
 
@@ -49,7 +49,12 @@ impl ManagerIface {
             let owner = caller(&header)?;
             let req = params::session_request(&params)?;
             let created = session::create(&self.daemon, &owner, req).await?;
-            Ok((created.path, zbus::OwnedFd::from(created.channel)))
+            if let Err(e) = signals::session_added(&self.daemon, &created.entry).await {
+                created.abandon(&self.daemon);
+                return Err(SessionError::Bus(e).into());
+            }
+            let (path, channel) = created.start();
+            Ok((path, zbus::OwnedFd::from(channel)))
         })
         .await
     }

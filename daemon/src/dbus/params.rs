@@ -4,38 +4,16 @@
 
 use std::collections::HashMap;
 
-use zbus::{OwnedObjectPath, OwnedVariant, Variant};
+use vpu_driver::card::{Codec, PixelFormat, RateControl};
+use zbus::{OwnedVariant, Variant};
 
 use crate::scheduler::Priority;
+use crate::session::request::{ReconfigureRequest, SessionRequest};
 
 /// A rejected argument: the message for `org.vpud.Vpud1.Error.InvalidArgument`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct ParamError(pub String);
-
-/// The parameters of a new session, validated.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SessionRequest {
-    pub codec: String,
-    pub width: u32,
-    pub height: u32,
-    pub fps_num: u32,
-    pub fps_den: u32,
-    pub pixel_format: String,
-    pub rate_control: String,
-    pub bitrate: u32,
-    pub max_bitrate: u32,
-    pub qp: u8,
-    pub gop: u32,
-    pub priority: Priority,
-    pub card: Option<OwnedObjectPath>,
-}
-
-/// Codecs the API knows; whether a card offers one is the scheduler's question.
-pub const CODECS: &[&str] = &["h264", "hevc", "av1"];
-pub const PIXEL_FORMATS: &[&str] = &["i420", "nv12"];
-pub const RATE_CONTROLS: &[&str] = &["cbr", "vbr", "cqp"];
-pub const PRIORITIES: &[&str] = &["realtime", "batch"];
 
 const SESSION_KEYS: &str = "codec, width, height, framerate_num, framerate_den, pixel_format, \
     rate_control, bitrate, max_bitrate, qp, gop, priority, card";
@@ -75,16 +53,29 @@ fn get_str(p: &Params, key: &str) -> Result<Option<String>, ParamError> {
     }
 }
 
-fn one_of(key: &str, value: Option<String>, accepted: &[&str]) -> Result<String, ParamError> {
-    let value = value.unwrap_or_else(|| accepted[0].to_owned());
-    if accepted.contains(&value.as_str()) {
-        Ok(value)
-    } else {
-        Err(ParamError(format!(
-            "{key} = {value:?} is not accepted; use one of {}",
-            accepted.join(", ")
-        )))
-    }
+/// The value of `key` among `accepted` (named by `name`); absent: `default`. Names are
+/// matched exactly, as the API spells them.
+fn one_of<T: Copy>(
+    key: &str,
+    value: Option<String>,
+    accepted: &[T],
+    name: fn(T) -> &'static str,
+    default: T,
+) -> Result<T, ParamError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    accepted
+        .iter()
+        .copied()
+        .find(|&v| name(v) == value)
+        .ok_or_else(|| {
+            let names: Vec<&str> = accepted.iter().map(|&v| name(v)).collect();
+            ParamError(format!(
+                "{key} = {value:?} is not accepted; use one of {}",
+                names.join(", ")
+            ))
+        })
 }
 
 fn range(key: &str, value: u32, lo: u32, hi: u32, what: &str) -> Result<u32, ParamError> {
@@ -130,7 +121,13 @@ pub fn session_request(p: &Params) -> Result<SessionRequest, ParamError> {
         "card",
     ];
     reject_unknown(p, KNOWN, SESSION_KEYS)?;
-    let codec = one_of("codec", get_str(p, "codec")?, CODECS)?;
+    let codec = one_of(
+        "codec",
+        get_str(p, "codec")?,
+        Codec::ALL,
+        Codec::as_str,
+        Codec::H264,
+    )?;
     let width = get_u32(p, "width")?
         .ok_or_else(|| ParamError("width is required (u, luma samples)".into()))?;
     let height = get_u32(p, "height")?
@@ -158,11 +155,23 @@ pub fn session_request(p: &Params) -> Result<SessionRequest, ParamError> {
             "framerate {fps_num}/{fps_den} is out of range; accepted: up to 240 frames per second"
         )));
     }
-    let pixel_format = one_of("pixel_format", get_str(p, "pixel_format")?, PIXEL_FORMATS)?;
-    let rate_control = one_of("rate_control", get_str(p, "rate_control")?, RATE_CONTROLS)?;
+    let pixel_format = one_of(
+        "pixel_format",
+        get_str(p, "pixel_format")?,
+        PixelFormat::ALL,
+        PixelFormat::as_str,
+        PixelFormat::I420,
+    )?;
+    let rate_control = one_of(
+        "rate_control",
+        get_str(p, "rate_control")?,
+        RateControl::ALL,
+        RateControl::as_str,
+        RateControl::Cbr,
+    )?;
     let bitrate = get_u32(p, "bitrate")?;
-    let bitrate = match (rate_control.as_str(), bitrate) {
-        ("cqp", b) => b.unwrap_or(0),
+    let bitrate = match (rate_control, bitrate) {
+        (RateControl::Cqp, b) => b.unwrap_or(0),
         (_, Some(b)) => range("bitrate", b, 10_000, 800_000_000, "bit/s")?,
         (_, None) => 4_000_000,
     };
@@ -180,13 +189,16 @@ pub fn session_request(p: &Params) -> Result<SessionRequest, ParamError> {
         100_000,
         "frames",
     )?;
-    let priority = match one_of("priority", get_str(p, "priority")?, PRIORITIES)?.as_str() {
-        "batch" => Priority::Batch,
-        _ => Priority::Realtime,
-    };
+    let priority = one_of(
+        "priority",
+        get_str(p, "priority")?,
+        Priority::ALL,
+        Priority::as_str,
+        Priority::Realtime,
+    )?;
     let card = match p.get("card").map(|v| unwrap_variant(v)) {
         None => None,
-        Some(Variant::ObjectPath(o)) => Some(OwnedObjectPath::from(o.to_owned())),
+        Some(Variant::ObjectPath(o)) => Some(o.as_str().to_owned()),
         Some(other) => {
             return Err(ParamError(format!(
                 "card must be of type o (a card's object path), got {}",
@@ -209,13 +221,6 @@ pub fn session_request(p: &Params) -> Result<SessionRequest, ParamError> {
         priority,
         card,
     })
-}
-
-/// A validated `Reconfigure` request.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ReconfigureRequest {
-    pub bitrate: Option<u32>,
-    pub framerate: Option<(u32, u32)>,
 }
 
 /// Validates `Session.Reconfigure`'s parameters (`bitrate` u, `framerate_num` u,
@@ -312,8 +317,9 @@ mod tests {
     fn minimal_request_gets_defaults() {
         let r = session_request(&params(base())).unwrap();
         assert_eq!(r.fps_den, 1);
-        assert_eq!(r.pixel_format, "i420");
-        assert_eq!(r.rate_control, "cbr");
+        assert_eq!(r.codec, Codec::H264);
+        assert_eq!(r.pixel_format, PixelFormat::I420);
+        assert_eq!(r.rate_control, RateControl::Cbr);
         assert_eq!(r.priority, Priority::Realtime);
         assert_eq!(r.bitrate, 4_000_000);
         assert_eq!(r.card, None);

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use vpu_driver::card::Reconfigure;
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{ObjectPath, OwnedObjectPath, OwnedVariant};
@@ -14,6 +13,17 @@ use super::access::caller;
 use super::error::VpudError;
 use super::{counted, params};
 use crate::service::state::{lock, Daemon, SessionEntry};
+use crate::session::{self, ReconfigureError};
+
+impl From<ReconfigureError> for VpudError {
+    fn from(e: ReconfigureError) -> Self {
+        match e {
+            ReconfigureError::Resize(s) => s.into(),
+            ReconfigureError::CardFailed { .. } => VpudError::CardFailed(e.to_string()),
+            ReconfigureError::CardRejected { .. } => VpudError::InvalidArgument(e.to_string()),
+        }
+    }
+}
 
 /// A session object.
 #[derive(Debug)]
@@ -53,65 +63,15 @@ impl SessionIface {
     async fn reconfigure(
         &self,
         #[zbus(header)] header: Header<'_>,
-        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
         params: HashMap<String, OwnedVariant>,
     ) -> Result<(), VpudError> {
         counted(&self.daemon, async {
             self.check_owner(&header)?;
             self.check_open()?;
-            let r = params::reconfigure_request(&params)?;
-            let card = Arc::clone(&self.daemon.cards[self.entry.card_index()]);
-            // A new frame rate changes the session's demand: it must fit where it runs.
-            let previous_demand = match r.framerate {
-                Some((num, den)) => {
-                    let mut demand = lock(&self.entry.demand).clone();
-                    let previous = demand.clone();
-                    demand.fps_num = num;
-                    demand.fps_den = den;
-                    lock(&self.daemon.sched).resize(self.entry.id, &demand)?;
-                    *lock(&self.entry.demand) = demand;
-                    Some(previous)
-                }
-                None => None,
-            };
-            let change = Reconfigure {
-                bitrate: r.bitrate,
-                framerate: r.framerate,
-                force_keyframe: false,
-            };
-            if let Err(e) = card
-                .card
-                .reconfigure(self.entry.card_session_id(), &change)
+            let change = params::reconfigure_request(&params)?;
+            session::reconfigure(&self.daemon, &self.entry, &change)
                 .await
-            {
-                if let Some(previous) = previous_demand {
-                    // Give the reservation back as it was; it fitted before.
-                    let _ = lock(&self.daemon.sched).resize(self.entry.id, &previous);
-                    *lock(&self.entry.demand) = previous;
-                }
-                return Err(if e.is_device_fault() {
-                    VpudError::CardFailed(e.to_string())
-                } else {
-                    VpudError::InvalidArgument(e.to_string())
-                });
-            }
-            {
-                let mut cfg = lock(&self.entry.config);
-                if let Some(b) = r.bitrate {
-                    cfg.bitrate = b;
-                }
-                if let Some((n, d)) = r.framerate {
-                    cfg.fps_num = n;
-                    cfg.fps_den = d;
-                }
-            }
-            if r.bitrate.is_some() {
-                self.bitrate_changed(&emitter).await?;
-            }
-            if r.framerate.is_some() {
-                super::signals::card_load(&self.daemon, card.index).await;
-            }
-            Ok(())
+                .map_err(VpudError::from)
         })
         .await
     }
@@ -141,7 +101,7 @@ impl SessionIface {
             }
             // Off the books when this returns; off the bus, and its card session and the
             // client's buffers released, right after the reply.
-            crate::session::close(
+            session::close(
                 &self.daemon,
                 &self.entry,
                 crate::channel::proto::ErrorCode::SessionClosed,
@@ -196,13 +156,7 @@ impl SessionIface {
 
     #[zbus(property)]
     fn state(&self) -> String {
-        if self.entry.closed.load(Ordering::Acquire) {
-            "closed".into()
-        } else if self.entry.migrating.load(Ordering::Acquire) {
-            "migrating".into()
-        } else {
-            "running".into()
-        }
+        self.entry.state_name().to_owned()
     }
 
     #[zbus(property)]

@@ -1,6 +1,7 @@
 //! Publishing changes: objects added and removed, and `PropertiesChanged` for the
 //! properties that change, one signal per object carrying every property that changed
-//! (values read from the daemon's state, not through the interface objects). Failures to
+//! (values read from the daemon's state, not through the interface objects). The core
+//! records what changed in `service::changes`; [`publish`] announces it here. Failures to
 //! signal are logged and counted; they never fail the operation that caused them.
 
 use std::borrow::Cow;
@@ -13,6 +14,8 @@ use zbus::object_server::SignalEmitter;
 use zbus::{ObjectPath, Variant};
 
 use super::session::SessionIface;
+use crate::scheduler::CardState;
+use crate::service::changes::Change;
 use crate::service::state::{lock, Daemon, SessionEntry, ROOT_PATH};
 
 const MANAGER: &str = "org.vpud.Vpud1.Manager";
@@ -51,7 +54,7 @@ async fn changed(
 }
 
 /// Manager.Sessions, Load and Capacity.
-pub async fn manager(daemon: &Daemon) {
+async fn manager(daemon: &Daemon) {
     let (load, capacity) = {
         let s = lock(&daemon.sched);
         (s.total_load(), s.total_capacity())
@@ -82,14 +85,8 @@ async fn card_figures(daemon: &Daemon, card: usize) {
     }
 }
 
-/// Card.Load and Card.ActiveSessions of one card, and the Manager's figures.
-pub async fn card_load(daemon: &Daemon, card: usize) {
-    card_figures(daemon, card).await;
-    manager(daemon).await;
-}
-
 /// Card.Errors.
-pub async fn card_errors(daemon: &Daemon, card: usize) {
+async fn card_errors(daemon: &Daemon, card: usize) {
     if let Some(c) = daemon.cards.get(card) {
         let mut props = HashMap::new();
         props.insert("Errors", Variant::U64(c.errors_total()));
@@ -97,15 +94,15 @@ pub async fn card_errors(daemon: &Daemon, card: usize) {
     }
 }
 
-/// Card.State, Load, ActiveSessions and Errors, and the Manager's figures.
-pub async fn card_state(daemon: &Daemon, card: usize) {
+/// Card.State (as it became), Load, ActiveSessions and Errors, and the Manager's figures.
+async fn card_state(daemon: &Daemon, card: usize, state: CardState) {
     if let Some(c) = daemon.cards.get(card) {
         let (load, sessions) = {
             let s = lock(&daemon.sched);
             (s.card_load(card), s.card_sessions(card))
         };
         let mut props = HashMap::new();
-        props.insert("State", Variant::from(daemon.card_state(card).as_str()));
+        props.insert("State", Variant::from(state.as_str()));
         props.insert("Errors", Variant::U64(c.errors_total()));
         props.insert("Load", Variant::U64(load));
         props.insert("ActiveSessions", Variant::U32(sessions));
@@ -130,7 +127,7 @@ pub async fn session_added(daemon: &Arc<Daemon>, entry: &Arc<SessionEntry>) -> z
 }
 
 /// Session counters (FramesIn, FramesOut, BytesOut, Keyframes).
-pub async fn session_counters(daemon: &Daemon, entry: &SessionEntry) {
+async fn session_counters(daemon: &Daemon, entry: &SessionEntry) {
     let c = &entry.counters;
     let mut props = HashMap::new();
     props.insert(
@@ -152,28 +149,23 @@ pub async fn session_counters(daemon: &Daemon, entry: &SessionEntry) {
     changed(daemon, entry.path.as_str(), SESSION, props).await;
 }
 
-/// Session.State (running, migrating).
-pub async fn session_state(daemon: &Daemon, entry: &SessionEntry) {
-    let state = if entry.closed.load(Ordering::Acquire) {
-        "closed"
-    } else if entry.migrating.load(Ordering::Acquire) {
-        "migrating"
-    } else {
-        "running"
-    };
+/// Session.State (as it became).
+async fn session_state(daemon: &Daemon, entry: &SessionEntry, state: &'static str) {
     let mut props = HashMap::new();
     props.insert("State", Variant::from(state));
     changed(daemon, entry.path.as_str(), SESSION, props).await;
 }
 
+/// Session.Bitrate.
+async fn session_bitrate(daemon: &Daemon, entry: &SessionEntry) {
+    let mut props = HashMap::new();
+    props.insert("Bitrate", Variant::U32(lock(&entry.config).bitrate));
+    changed(daemon, entry.path.as_str(), SESSION, props).await;
+}
+
 /// Announces the end of a session (`Closed(reason)`) and removes its object
 /// (`InterfacesRemoved`). The card's and the Manager's figures follow through [`publish`].
-pub async fn session_removed(
-    daemon: &Arc<Daemon>,
-    entry: &SessionEntry,
-    reason: &str,
-    card: Option<usize>,
-) {
+async fn session_removed(daemon: &Daemon, entry: &SessionEntry, reason: &str, card: Option<usize>) {
     let Some(conn) = daemon.connection() else {
         return;
     };
@@ -200,7 +192,7 @@ pub async fn session_removed(
 }
 
 /// Announces that a session moved (`Migrated`, `Card` changed) and the two cards' loads.
-pub async fn session_migrated(daemon: &Daemon, entry: &SessionEntry, from: usize, to: usize) {
+async fn session_migrated(daemon: &Daemon, entry: &SessionEntry, from: usize, to: usize) {
     if let (Some(f), Some(t)) = (daemon.cards.get(from), daemon.cards.get(to)) {
         let mut props = HashMap::new();
         props.insert("Card", Variant::ObjectPath(t.path.as_ref()));
@@ -213,21 +205,52 @@ pub async fn session_migrated(daemon: &Daemon, entry: &SessionEntry, from: usize
             log_err(daemon, "Session.Migrated", r);
         }
     }
-    card_load(daemon, from).await;
-    card_load(daemon, to).await;
+    card_figures(daemon, from).await;
+    card_figures(daemon, to).await;
+    manager(daemon).await;
 }
 
 /// How long changes are gathered before they are announced: a burst of sessions created
 /// or closed yields one `PropertiesChanged` per object, not one per session.
 const COALESCE: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// Announces changed figures (card load and sessions, the Manager's sessions, load and
-/// capacity) until the daemon stops.
+/// Announces one event.
+async fn announce(daemon: &Daemon, change: Change) {
+    match change {
+        Change::CardState { card, state } => card_state(daemon, card, state).await,
+        Change::CardErrors { card } => card_errors(daemon, card).await,
+        Change::SessionCounters { session } => session_counters(daemon, &session).await,
+        Change::SessionState { session, state } => session_state(daemon, &session, state).await,
+        Change::SessionBitrate { session } => session_bitrate(daemon, &session).await,
+        Change::SessionMigrated { session, from, to } => {
+            session_migrated(daemon, &session, from, to).await
+        }
+        Change::SessionRemoved {
+            session,
+            reason,
+            card,
+        } => session_removed(daemon, &session, &reason, card).await,
+    }
+}
+
+/// Announces what the daemon records in `service::changes` until the daemon stops: events
+/// at once and in order; changed figures (card load and sessions, the Manager's sessions,
+/// load and capacity) after [`COALESCE`], one signal per object for a burst.
 pub async fn publish(daemon: Arc<Daemon>) {
     loop {
         daemon.changes.notify.notified().await;
+        for change in daemon.changes.take_events() {
+            announce(&daemon, change).await;
+        }
+        if !daemon.changes.figures_pending() {
+            continue;
+        }
         tokio::time::sleep(COALESCE).await;
-        let (cards, manager_changed) = daemon.changes.take();
+        // Events recorded meanwhile go first: figures are read now, after them.
+        for change in daemon.changes.take_events() {
+            announce(&daemon, change).await;
+        }
+        let (cards, manager_changed) = daemon.changes.take_figures();
         for card in cards {
             card_figures(&daemon, card).await;
         }

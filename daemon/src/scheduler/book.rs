@@ -361,7 +361,12 @@ impl Scheduler {
             .map(|c| {
                 format!(
                     "{} up to {}x{}",
-                    c.limits.codecs.join("/"),
+                    c.limits
+                        .codecs
+                        .iter()
+                        .map(|c| c.as_str())
+                        .collect::<Vec<_>>()
+                        .join("/"),
                     c.limits.max_width,
                     c.limits.max_height
                 )

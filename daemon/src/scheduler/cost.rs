@@ -7,11 +7,12 @@
 //! factor, in that engine's load units; at least one unit, and at most one engine's
 //! capacity, since a session runs on one engine.
 
+use vpu_driver::card::Codec;
+
 /// What a session asks of a card.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Demand {
-    /// Codec name as the API spells it (`"h264"`, `"hevc"`, `"av1"`).
-    pub codec: String,
+    pub codec: Codec,
     pub width: u32,
     pub height: u32,
     pub fps_num: u32,
@@ -27,6 +28,10 @@ pub enum Priority {
 }
 
 impl Priority {
+    /// Every priority.
+    pub const ALL: &'static [Priority] = &[Priority::Realtime, Priority::Batch];
+
+    /// The name the API uses.
     pub fn as_str(self) -> &'static str {
         match self {
             Priority::Realtime => "realtime",
@@ -42,8 +47,8 @@ pub struct CardLimits {
     pub capacity_per_engine: u32,
     /// H.264 luma samples per second one engine sustains.
     pub pixel_rate_per_engine: u64,
-    /// Codec names the card encodes.
-    pub codecs: Vec<String>,
+    /// Codecs the card encodes.
+    pub codecs: Vec<Codec>,
     pub max_width: u32,
     pub max_height: u32,
     /// Concurrent sessions, all engines together.
@@ -58,11 +63,11 @@ impl CardLimits {
 }
 
 /// Relative cost of a codec against H.264 at the same pixel rate, in percent.
-pub fn codec_factor_percent(codec: &str) -> u64 {
+pub fn codec_factor_percent(codec: Codec) -> u64 {
     match codec {
-        "hevc" => 200,
-        "av1" => 300,
-        _ => 100,
+        Codec::H264 => 100,
+        Codec::Hevc => 200,
+        Codec::Av1 => 300,
     }
 }
 
@@ -72,7 +77,7 @@ pub fn demand_units(demand: &Demand, limits: &CardLimits) -> u64 {
     let den = u128::from(demand.fps_den.max(1)) * u128::from(limits.pixel_rate_per_engine.max(1));
     let pixel_rate_num =
         u128::from(demand.width) * u128::from(demand.height) * u128::from(demand.fps_num);
-    let units = (pixel_rate_num * per_engine * u128::from(codec_factor_percent(&demand.codec)))
+    let units = (pixel_rate_num * per_engine * u128::from(codec_factor_percent(demand.codec)))
         .div_ceil(den * 100);
     units.clamp(1, per_engine.max(1)) as u64
 }
@@ -86,7 +91,7 @@ mod tests {
             engines: 2,
             capacity_per_engine: 1_000_000,
             pixel_rate_per_engine: 1280 * 720 * 240,
-            codecs: vec!["h264".into()],
+            codecs: vec![Codec::H264],
             max_width: 4096,
             max_height: 2304,
             max_sessions: 32,
@@ -95,7 +100,7 @@ mod tests {
 
     fn demand(w: u32, h: u32, fps: u32) -> Demand {
         Demand {
-            codec: "h264".into(),
+            codec: Codec::H264,
             width: w,
             height: h,
             fps_num: fps,
@@ -123,7 +128,7 @@ mod tests {
         let mut d = demand(1280, 720, 30000);
         d.fps_den = 1001;
         assert_eq!(demand_units(&d, &limits()), 124_876);
-        d.codec = "hevc".into();
+        d.codec = Codec::Hevc;
         assert_eq!(demand_units(&d, &limits()), 249_751);
     }
 }

@@ -1,12 +1,13 @@
 use super::*;
 use crate::config::{Policy, Quotas};
+use vpu_driver::card::Codec;
 
 fn limits(engines: u8) -> CardLimits {
     CardLimits {
         engines,
         capacity_per_engine: 1_000_000,
         pixel_rate_per_engine: 1280 * 720 * 240,
-        codecs: vec!["h264".into()],
+        codecs: vec![Codec::H264],
         max_width: 4096,
         max_height: 2304,
         max_sessions: 32,
@@ -15,7 +16,7 @@ fn limits(engines: u8) -> CardLimits {
 
 fn d720(priority: Priority) -> Demand {
     Demand {
-        codec: "h264".into(),
+        codec: Codec::H264,
         width: 1280,
         height: 720,
         fps_num: 30,
@@ -191,7 +192,7 @@ fn draining_cards_take_nothing_new_and_pinning_is_honoured() {
 fn unsupported_requests_are_not_capacity_errors() {
     let mut s = sched(Policy::Spread, no_quota());
     let mut d = d720(Priority::Realtime);
-    d.codec = "av1".into();
+    d.codec = Codec::Av1;
     assert!(matches!(
         s.place(1, "c", &d, None, &[]),
         Err(SchedError::NotSupported { .. })

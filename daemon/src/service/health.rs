@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use vpu_driver::card::CardError;
 
+use super::changes::Change;
 use super::state::{lock, Daemon};
 use crate::channel::proto::ErrorCode;
 use crate::scheduler::CardState;
@@ -49,7 +50,10 @@ pub async fn reset_card(daemon: &Arc<Daemon>, card: usize, reason: &str) -> Resu
     };
     let previous = lock(&daemon.sched).set_state(card, CardState::Resetting);
     tracing::warn!(card = %entry.name, reason, "resetting card");
-    crate::dbus::signals::card_state(daemon, card).await;
+    daemon.changes.push(Change::CardState {
+        card,
+        state: CardState::Resetting,
+    });
     // Sessions move to other cards; those that cannot wait for this reset (they are not
     // waited for here: they wait for us).
     let epoch = entry.reset_epoch();
@@ -100,8 +104,7 @@ pub async fn reset_card(daemon: &Arc<Daemon>, card: usize, reason: &str) -> Resu
     lock(&daemon.sched).set_state(card, next);
     // After the state: a session woken by the new epoch finds the card's new state.
     entry.resets.send_modify(|e| *e += 1);
-    crate::dbus::signals::card_state(daemon, card).await;
-    crate::dbus::signals::card_load(daemon, card).await;
+    daemon.changes.push(Change::CardState { card, state: next });
     result
 }
 
@@ -142,7 +145,9 @@ async fn announce_errors(daemon: &Arc<Daemon>) {
     for entry in &daemon.cards {
         let now = entry.errors_total();
         if entry.errors_announced.swap(now, Ordering::AcqRel) != now {
-            crate::dbus::signals::card_errors(daemon, entry.index).await;
+            daemon
+                .changes
+                .push(Change::CardErrors { card: entry.index });
         }
     }
 }
@@ -171,7 +176,7 @@ async fn sample_cards(daemon: &Arc<Daemon>, interval: Duration) {
                     before != s.card_load(entry.index)
                 };
                 if changed {
-                    crate::dbus::signals::card_load(daemon, entry.index).await;
+                    daemon.changes.card(entry.index);
                 }
             }
             Ok(Err(e)) if e.is_device_fault() => card_fault(daemon, entry.index, &e.to_string()),

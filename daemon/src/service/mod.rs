@@ -2,6 +2,8 @@
 //! resolves; [`Embedded`] runs a private bus and the daemon inside the caller's process
 //! (for `vpuctl --emulate`, `vpuctl demo` and tests).
 
+pub mod admin;
+pub mod changes;
 pub mod health;
 pub mod memory;
 pub mod state;

@@ -18,6 +18,7 @@ use crate::channel::spare::SparePairs;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::scheduler::{CardLimits, CardState, Demand, Scheduler};
+use crate::service::changes::Changes;
 
 /// Root object path.
 pub const ROOT_PATH: &str = "/org/vpud/Vpud1";
@@ -81,7 +82,7 @@ impl CardEntry {
             engines: id.encode_engines,
             capacity_per_engine: id.capacity_per_engine,
             pixel_rate_per_engine: id.pixel_rate_per_engine,
-            codecs: id.codecs.iter().map(|c| c.as_str().to_owned()).collect(),
+            codecs: id.codecs.clone(),
             max_width: u32::from(id.max_width),
             max_height: u32::from(id.max_height),
             max_sessions: u32::from(id.encode_engines) * u32::from(id.max_sessions_per_engine),
@@ -210,43 +211,21 @@ impl SessionEntry {
         card == self.card_index() && epoch >= self.card_epoch.load(Ordering::Acquire)
     }
 
+    /// The session's state as the API names it: `closed`, `migrating` or `running`.
+    pub fn state_name(&self) -> &'static str {
+        if self.closed.load(Ordering::Acquire) {
+            "closed"
+        } else if self.migrating.load(Ordering::Acquire) {
+            "migrating"
+        } else {
+            "running"
+        }
+    }
+
     /// Waits until the session's resources are released.
     pub async fn wait_finished(&self) {
         let mut rx = self.finished.clone();
         let _ = rx.wait_for(|done| *done).await;
-    }
-}
-
-/// Which objects' figures (load, sessions) changed since they were last announced. The
-/// announcing task (`dbus::signals::publish`) coalesces bursts into one
-/// `PropertiesChanged` per object.
-#[derive(Debug, Default)]
-pub struct Changes {
-    cards: Mutex<std::collections::BTreeSet<usize>>,
-    manager: AtomicBool,
-    pub notify: tokio::sync::Notify,
-}
-
-impl Changes {
-    /// Card `card`'s figures (and so the Manager's) changed.
-    pub fn card(&self, card: usize) {
-        lock(&self.cards).insert(card);
-        self.manager();
-    }
-
-    /// The Manager's figures changed.
-    pub fn manager(&self) {
-        self.manager.store(true, Ordering::Release);
-        self.notify.notify_one();
-    }
-
-    /// Takes what changed: (cards, manager).
-    pub fn take(&self) -> (Vec<usize>, bool) {
-        let cards = std::mem::take(&mut *lock(&self.cards));
-        (
-            cards.into_iter().collect(),
-            self.manager.swap(false, Ordering::AcqRel),
-        )
     }
 }
 

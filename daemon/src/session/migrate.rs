@@ -13,6 +13,7 @@ use super::worker::{Ending, InFlight, Worker};
 use crate::channel::proto::{ErrorCode, FrameRef, FRAME_FORCE_KEYFRAME};
 use crate::metrics::Metrics;
 use crate::scheduler::{CardState, Demand};
+use crate::service::changes::Change;
 use crate::service::state::{lock, CardEntry, Control};
 
 /// The shortest wait for a card's reset; longer when commands may take longer (a reset
@@ -20,6 +21,14 @@ use crate::service::state::{lock, CardEntry, Control};
 const RESET_WAIT_MIN: Duration = Duration::from_secs(30);
 
 impl Worker {
+    /// Announces the session's state as it is now.
+    fn announce_state(&self) {
+        self.daemon.changes.push(Change::SessionState {
+            session: Arc::clone(&self.entry),
+            state: self.entry.state_name(),
+        });
+    }
+
     /// Moves the session off its card: a new reservation and card session, the client's
     /// buffers mapped for the new card, the frames in flight resubmitted in order with the
     /// first forced to a keyframe, and `Migrated(from, to)` announced. Every frame still
@@ -44,7 +53,7 @@ impl Worker {
         let cfg = lock(&self.entry.config).clone();
         let demand = lock(&self.entry.demand).clone();
         self.entry.migrating.store(true, Ordering::Release);
-        crate::dbus::signals::session_state(&self.daemon, &self.entry).await;
+        self.announce_state();
         let result = self
             .move_to_another_card(
                 reason, buffers, inflight, from, old_sid, frames, cfg, demand,
@@ -52,7 +61,7 @@ impl Worker {
             .await;
         self.entry.awaiting_reset.store(false, Ordering::Release);
         self.entry.migrating.store(false, Ordering::Release);
-        crate::dbus::signals::session_state(&self.daemon, &self.entry).await;
+        self.announce_state();
         result
     }
 
@@ -102,11 +111,7 @@ impl Worker {
             let card = Arc::clone(&self.daemon.cards[placement.card]);
             // Read before the card session exists: a reset from here on wipes it.
             let epoch = card.reset_epoch();
-            let created = match cfg.validate(card.card.identity()) {
-                Ok(()) => card.card.create_session(&cfg).await,
-                Err(e) => Err(e),
-            };
-            match created {
+            match card.card.create_session(&cfg).await {
                 Ok(sid) => break (card, sid, epoch),
                 Err(e) => {
                     tracing::warn!(card = %card.name, error = %e, "card refused the moving session");
@@ -159,8 +164,11 @@ impl Worker {
         } else {
             tracing::warn!(from = %from.name, to = %to.name, resubmitted = inflight.len(), "session moved");
         }
-        crate::dbus::signals::session_migrated(&self.daemon, &self.entry, from.index, to.index)
-            .await;
+        self.daemon.changes.push(Change::SessionMigrated {
+            session: Arc::clone(&self.entry),
+            from: from.index,
+            to: to.index,
+        });
         Ok(())
     }
 

@@ -1,25 +1,29 @@
-//! Encode sessions: creation (admission, placement, the card session, the data channel),
+//! Encode sessions: the validated request ([`request`]), creation (admission, placement, the card session, the data channel),
 //! the task serving each channel ([`worker`]), the client's frame buffers ([`buffers`]),
 //! and the one place every session ends ([`finish`]).
 
 pub mod buffers;
 mod migrate;
+mod reconfigure;
+pub mod request;
 pub mod worker;
 
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
-use vpu_driver::card::{CardError, Codec, PixelFormat, RateControl, SessionConfig, VendorStatus};
+use vpu_driver::card::{CardError, VendorStatus};
 use zbus::OwnedObjectPath;
 
 use crate::channel::proto::{ErrorCode, Hello, MAX_BUFFERS, MAX_RECORD_LEN, VERSION};
 use crate::channel::socket::SocketError;
-use crate::dbus::params::SessionRequest;
 use crate::metrics::Metrics;
-use crate::scheduler::{Demand, SchedError};
+use crate::scheduler::SchedError;
+use crate::service::changes::Change;
 use crate::service::state::{lock, Daemon, Refused, SessionCounters, SessionEntry, ROOT_PATH};
+use request::SessionRequest;
+
+pub use reconfigure::{reconfigure, ReconfigureError};
 
 /// Why a session could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -52,38 +56,52 @@ pub enum SessionError {
     OwnerGone { owner: String },
 }
 
-/// A new session: its object path and the client's end of its data channel.
+/// A new session, on the books and on its card but not yet served: the caller publishes
+/// it (its bus object), then [`start`](Created::start)s it, or [`abandon`](Created::abandon)s
+/// it if it could not be published.
 #[derive(Debug)]
 pub struct Created {
-    pub id: u64,
-    pub path: OwnedObjectPath,
-    pub channel: std::os::fd::OwnedFd,
+    pub entry: Arc<SessionEntry>,
+    channel: std::os::fd::OwnedFd,
+    worker: worker::Worker,
+    units: u64,
 }
 
-fn session_config(req: &SessionRequest) -> Result<SessionConfig, SchedError> {
-    // The request was validated against these names; a mismatch would be a bug between
-    // the parameter table and the card API, reported as unsupported.
-    let unsupported = |what: &str| SchedError::NotSupported {
-        what: what.to_owned(),
-        accepted: "h264/hevc/av1, i420/nv12, cbr/vbr/cqp".into(),
-    };
-    Ok(SessionConfig {
-        codec: Codec::from_str(&req.codec).map_err(|_| unsupported(&req.codec))?,
-        width: req.width,
-        height: req.height,
-        fps_num: req.fps_num,
-        fps_den: req.fps_den,
-        pixel_format: PixelFormat::from_str(&req.pixel_format)
-            .map_err(|_| unsupported(&req.pixel_format))?,
-        rate_control: RateControl::from_str(&req.rate_control)
-            .map_err(|_| unsupported(&req.rate_control))?,
-        bitrate: req.bitrate,
-        max_bitrate: req.max_bitrate,
-        qp: req.qp,
-        gop: req.gop,
-        low_latency: false,
-        engine_hint: None,
-    })
+impl Created {
+    /// Starts serving the session's data channel; returns its object path and the
+    /// client's end of the channel.
+    pub fn start(self) -> (OwnedObjectPath, std::os::fd::OwnedFd) {
+        let Created {
+            entry,
+            channel,
+            worker,
+            units,
+        } = self;
+        // Logged by the session's task, which first runs once the reply is on its way.
+        let (id, owner) = (entry.id, entry.owner.clone());
+        let (width, height) = {
+            let cfg = lock(&entry.config);
+            (cfg.width, cfg.height)
+        };
+        tokio::spawn(async move {
+            tracing::info!(session = id, card = %worker.card.name, owner, units, width, height,
+                "session created");
+            worker.serve().await
+        });
+        (entry.path.clone(), channel)
+    }
+
+    /// Undoes a session that could not be published: off the books, its card session
+    /// destroyed, its channel closed.
+    pub fn abandon(self, daemon: &Arc<Daemon>) {
+        let id = self.entry.id;
+        lock(&daemon.sessions).remove(&id);
+        lock(&daemon.sched).release(id);
+        let (card, sid) = (Arc::clone(&self.worker.card.card), self.worker.sid);
+        tokio::spawn(async move {
+            let _ = card.destroy_session(sid).await;
+        });
+    }
 }
 
 /// Creates a session for `owner`: admission and placement first (no card is touched if
@@ -99,9 +117,9 @@ pub async fn create(
     }
     let pinned = match &req.card {
         None => None,
-        Some(p) => Some(daemon.card_by_path(p.as_str()).ok_or_else(|| {
+        Some(p) => Some(daemon.card_by_path(p).ok_or_else(|| {
             SessionError::UnknownCard {
-                path: p.to_string(),
+                path: p.to_owned(),
                 known: daemon
                     .cards
                     .iter()
@@ -111,15 +129,8 @@ pub async fn create(
             }
         })?),
     };
-    let cfg = session_config(&req)?;
-    let demand = Demand {
-        codec: req.codec.clone(),
-        width: req.width,
-        height: req.height,
-        fps_num: req.fps_num,
-        fps_den: req.fps_den,
-        priority: req.priority,
-    };
+    let cfg = req.card_config();
+    let demand = req.demand();
     let id = daemon.next_session_id();
     let mut exclude = Vec::new();
     let (placement, sid, epoch) = loop {
@@ -127,11 +138,8 @@ pub async fn create(
         let card = &daemon.cards[placement.card];
         // Read before the card session exists: a reset from here on wipes it.
         let epoch = card.reset_epoch();
-        let result = match cfg.validate(card.card.identity()).err() {
-            Some(e) => Err(e),
-            None => card.card.create_session(&cfg).await,
-        };
-        match result {
+        // The card checks the configuration against what it can do.
+        match card.card.create_session(&cfg).await {
             Ok(sid) => break (placement, sid, epoch),
             Err(e) => {
                 lock(&daemon.sched).release(id);
@@ -223,10 +231,6 @@ pub async fn create(
         }
     }
     Metrics::add(&daemon.metrics.sessions_created, 1);
-    if let Err(e) = crate::dbus::signals::session_added(daemon, &entry).await {
-        lock(&daemon.sessions).remove(&id);
-        return Err(cleanup_card_session(SessionError::Bus(e)));
-    }
     let worker = worker::Worker {
         daemon: Arc::clone(daemon),
         entry: Arc::clone(&entry),
@@ -237,17 +241,11 @@ pub async fn create(
         control_rx,
         pending_migrate: None,
     };
-    // Logged by the session's task, which first runs once the reply is on its way.
-    let (owner, units, width, height) = (owner.to_owned(), placement.units, req.width, req.height);
-    tokio::spawn(async move {
-        tracing::info!(session = id, card = %worker.card.name, owner, units, width, height,
-            "session created");
-        worker.serve().await
-    });
     Ok(Created {
-        id,
-        path,
+        entry,
         channel: theirs,
+        worker,
+        units: placement.units,
     })
 }
 
@@ -259,9 +257,10 @@ pub fn retire(daemon: &Arc<Daemon>, entry: &Arc<SessionEntry>, reason: &str) {
         tracing::info!(session = entry.id, reason, "session closed");
         // The announcements go out after the caller's reply (Close returns sooner); the
         // books are already right for the next request.
-        let (d, e, r) = (Arc::clone(daemon), Arc::clone(entry), reason.to_owned());
-        tokio::spawn(async move {
-            crate::dbus::signals::session_removed(&d, &e, &r, card).await;
+        daemon.changes.push(Change::SessionRemoved {
+            session: Arc::clone(entry),
+            reason: reason.to_owned(),
+            card,
         });
     }
 }
@@ -287,7 +286,11 @@ pub fn close(daemon: &Arc<Daemon>, entry: &Arc<SessionEntry>, code: ErrorCode, r
             e.send_close(Some(code), &r);
         }
         if let Some(card) = removed {
-            crate::dbus::signals::session_removed(&d, &e, &r, card).await;
+            d.changes.push(Change::SessionRemoved {
+                session: e,
+                reason: r,
+                card,
+            });
         }
     });
 }

@@ -23,6 +23,7 @@ use crate::channel::proto::{
 use crate::channel::socket::SeqPacket;
 use crate::metrics::Metrics;
 use crate::scheduler::CardState;
+use crate::service::changes::Change;
 use crate::service::state::{CardEntry, CloseRequest, Control, Daemon, SessionEntry};
 
 /// How often a session's counters are published as property changes.
@@ -279,7 +280,9 @@ impl Worker {
                     let now = (c.frames_in.load(Ordering::Relaxed), c.frames_out.load(Ordering::Relaxed));
                     if now != published {
                         published = now;
-                        crate::dbus::signals::session_counters(&self.daemon, &self.entry).await;
+                        self.daemon.changes.push(Change::SessionCounters {
+                            session: Arc::clone(&self.entry),
+                        });
                     }
                 }
             }
@@ -368,7 +371,9 @@ impl Worker {
                 }
                 self.card.errors.fetch_add(1, Ordering::Relaxed);
                 self.daemon.metrics.error("card.encode");
-                crate::dbus::signals::card_errors(&self.daemon, self.card.index).await;
+                self.daemon.changes.push(Change::CardErrors {
+                    card: self.card.index,
+                });
                 return Err(Flow::End(Ending::error(
                     ErrorCode::EncodeFailed,
                     format!("frame pts {pts}: {e}"),

@@ -195,39 +195,4 @@ impl IovaTable {
     }
 }
 
-/// Plain-old-data structures of the host interface that can be viewed as bytes.
-///
-/// # Safety
-/// Implementors must be `repr(C, packed)` (no padding) and valid for every bit pattern.
-pub(super) unsafe trait Pod: Copy + Default {}
-
-// SAFETY: packed C structures of integers and byte arrays (vpu.h); no padding, every bit
-// pattern valid.
-unsafe impl Pod for vpu_ffi::vpu_sqe {}
-// SAFETY: as above.
-unsafe impl Pod for vpu_ffi::vpu_cqe {}
-// SAFETY: as above.
-unsafe impl Pod for vpu_ffi::vpu_session_params {}
-// SAFETY: as above.
-unsafe impl Pod for vpu_ffi::vpu_identify_controller {}
-// SAFETY: as above.
-unsafe impl Pod for vpu_ffi::vpu_engine_log {}
-// SAFETY: as above.
-unsafe impl Pod for vpu_ffi::vpu_session_log {}
-
-/// The bytes of a host-interface structure.
-pub(super) fn as_bytes<T: Pod>(v: &T) -> &[u8] {
-    // SAFETY: `T: Pod` has no padding, so all `size_of::<T>()` bytes are initialised; the
-    // slice borrows `v`.
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-}
-
-/// A host-interface structure from bytes (zero-filled when `bytes` is short).
-pub(super) fn from_bytes<T: Pod>(bytes: &[u8]) -> T {
-    let mut v = T::default();
-    let n = bytes.len().min(std::mem::size_of::<T>());
-    // SAFETY: `T: Pod` is valid for every bit pattern; at most `size_of::<T>()` bytes are
-    // copied into it from a distinct slice.
-    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&mut v as *mut T).cast::<u8>(), n) };
-    v
-}
+pub(super) use vpu_ffi::{as_bytes, from_bytes, Pod};

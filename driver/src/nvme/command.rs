@@ -305,31 +305,7 @@ impl Completion {
     }
 }
 
-/// Structures of `vpu.h` the device writes: packed integers and byte arrays.
-///
-/// # Safety
-/// Implementors must be valid for every bit pattern of their size.
-pub(crate) unsafe trait PlainData: Copy {}
-
-// SAFETY: each of these is a `repr(C, packed)` structure of integers and integer arrays
-// (bindgen output of `vpu.h`), so every bit pattern is a valid value.
-unsafe impl PlainData for vpu_ffi::vpu_identify_controller {}
-// SAFETY: as above.
-unsafe impl PlainData for vpu_ffi::vpu_identify_namespace {}
-// SAFETY: as above.
-unsafe impl PlainData for vpu_ffi::vpu_engine_log {}
-// SAFETY: as above.
-unsafe impl PlainData for vpu_ffi::vpu_session_log {}
-
-/// Copies a device-written structure out of its bytes; `None` when too short.
-pub(crate) fn read_struct<T: PlainData>(bytes: &[u8]) -> Option<T> {
-    if bytes.len() < std::mem::size_of::<T>() {
-        return None;
-    }
-    // SAFETY: `bytes` holds at least size_of::<T>() bytes (checked), the read is unaligned,
-    // and `T: PlainData` is valid for any bit pattern.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
-}
+pub(crate) use vpu_ffi::read_struct;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
