@@ -10,8 +10,12 @@
 //! - [`scheduler`]: the cost model, admission, placement policies and quotas;
 //! - [`session`]: sessions and the tasks serving their data channels;
 //! - [`channel`]: the data channel's wire format and socket;
-//! - [`dbus`]: the D-Bus objects, a thin layer over the above;
-//! - [`service`]: the daemon itself, run as a service or embedded in-process;
+//! - [`dbus`]: the D-Bus objects, a thin layer over the above: it parses and validates
+//!   arguments, checks the caller, delegates, and announces what `service::changes`
+//!   recorded. Only the runner in [`service`] (which puts the daemon on the bus) knows it;
+//!   the core never calls up into it;
+//! - [`service`]: the daemon itself, run as a service or embedded in-process: its state,
+//!   health and recovery, card administration, and the record of changes to announce;
 //! - [`bus`]: a private `dbus-daemon` for machines without a bus, demos and tests;
 //! - [`notify`]: systemd readiness and watchdog; [`metrics`]: counters.
 //!

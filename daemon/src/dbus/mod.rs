@@ -87,11 +87,7 @@ pub async fn watch_clients(daemon: Arc<Daemon>, conn: Connection) -> zbus::Resul
         if !name.starts_with(':') {
             continue;
         }
-        for s in daemon.owner_left(&name) {
-            if s.request_close(None, "the owner left the bus") {
-                tracing::info!(session = s.id, owner = %name, "owner left the bus; closing");
-            }
-        }
+        crate::session::owner_left(&daemon, &name);
     }
     Ok(())
 }

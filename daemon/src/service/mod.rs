@@ -1,6 +1,10 @@
 //! The daemon as a library: [`run`] serves the D-Bus API until a shutdown future
 //! resolves; [`Embedded`] runs a private bus and the daemon inside the caller's process
 //! (for `vpuctl --emulate`, `vpuctl demo` and tests).
+//!
+//! [`state`] holds the daemon's state, [`health`] recovery and monitoring, [`admin`]
+//! draining and resuming cards, [`changes`] what must be announced (the D-Bus layer's
+//! publisher takes it from there).
 
 pub mod admin;
 pub mod changes;

@@ -249,6 +249,15 @@ pub async fn create(
     })
 }
 
+/// A client left the bus (its unique name `owner`): its sessions end at once.
+pub fn owner_left(daemon: &Arc<Daemon>, owner: &str) {
+    for s in daemon.owner_left(owner) {
+        if s.request_close(None, "the owner left the bus") {
+            tracing::info!(session = s.id, owner, "owner left the bus; closing");
+        }
+    }
+}
+
 /// Takes a session off the books and off the bus: its reservation is returned, it leaves
 /// `Manager.Sessions`, and its object goes with `Closed(reason)`. Done once, by whichever
 /// comes first: the owner's `Close` ([`close`]) or the session's task ending.
