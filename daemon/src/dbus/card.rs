@@ -117,6 +117,14 @@ impl CardIface {
         lock(&self.daemon.sched).card_capacity(self.card.index)
     }
 
+    /// H.264 luma samples per second the whole card sustains: what its `Capacity` stands
+    /// for in the cost model.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn pixel_rate(&self) -> u64 {
+        let id = self.card.card.identity();
+        u64::from(id.encode_engines).saturating_mul(id.pixel_rate_per_engine)
+    }
+
     #[zbus(property)]
     fn load(&self) -> u64 {
         lock(&self.daemon.sched).card_load(self.card.index)

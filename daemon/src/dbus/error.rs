@@ -19,11 +19,12 @@ pub enum VpudError {
     NotSupported(String),
     /// The caller may not do this.
     AccessDenied(String),
-    /// No such card or session.
+    /// No such card, session or reservation.
     NotFound(String),
     /// The card failed the operation.
     CardFailed(String),
-    /// The caller holds as many sessions or as much load as its quota allows.
+    /// The caller holds as many sessions or as much load as its quota allows, or the
+    /// session does not fit in the reservation it draws on.
     QuotaExceeded(String),
 }
 
@@ -40,9 +41,14 @@ impl From<SchedError> for VpudError {
             SchedError::NoCapacity { .. } => VpudError::NoCapacity(msg),
             SchedError::QuotaExceeded { .. } => VpudError::QuotaExceeded(msg),
             SchedError::NotSupported { .. } => VpudError::NotSupported(msg),
-            SchedError::NoSuchCard { .. } | SchedError::NoSuchSession { .. } => {
-                VpudError::NotFound(msg)
+            SchedError::NoSuchCard { .. }
+            | SchedError::NoSuchSession { .. }
+            | SchedError::NoSuchReservation { .. } => VpudError::NotFound(msg),
+            SchedError::NoRoomToReserve { .. } | SchedError::ReservationUnavailable { .. } => {
+                VpudError::NoCapacity(msg)
             }
+            SchedError::ReservationElsewhere { .. } => VpudError::InvalidArgument(msg),
+            SchedError::ReservationFull { .. } => VpudError::QuotaExceeded(msg),
         }
     }
 }

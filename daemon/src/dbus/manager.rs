@@ -1,4 +1,5 @@
-//! `org.vpud.Vpud1.Manager` at `/org/vpud/Vpud1`: creates sessions, reports the cards,
+//! `org.vpud.Vpud1.Manager` at `/org/vpud/Vpud1`: creates sessions and reservations,
+//! reports the cards,
 //! sessions, policy, capacity and load.
 
 use std::collections::HashMap;
@@ -10,6 +11,7 @@ use zbus::{OwnedObjectPath, OwnedVariant};
 use super::access::caller;
 use super::error::VpudError;
 use super::{counted, params, signals};
+use crate::service::reservation::{self, ReserveError};
 use crate::service::state::{lock, Daemon};
 use crate::session::{self, SessionError};
 
@@ -36,6 +38,19 @@ impl From<SessionError> for VpudError {
     }
 }
 
+impl From<ReserveError> for VpudError {
+    fn from(e: ReserveError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ReserveError::Place(s) => s.into(),
+            ReserveError::UnknownCard { .. } => VpudError::NotFound(msg),
+            ReserveError::OwnerGone { .. } => VpudError::AccessDenied(msg),
+            ReserveError::ShuttingDown => VpudError::NoCapacity(msg),
+            ReserveError::Bus(_) => VpudError::CardFailed(msg),
+        }
+    }
+}
+
 #[zbus::interface(name = "org.vpud.Vpud1.Manager", introspection_docs = false)]
 impl ManagerIface {
     /// Creates an encode session; returns its object and its data channel.
@@ -55,6 +70,22 @@ impl ManagerIface {
             }
             let (path, channel) = created.start();
             Ok((path, zbus::OwnedFd::from(channel)))
+        })
+        .await
+    }
+
+    /// Sets load units of a card aside for one consumer; returns the reservation.
+    #[zbus(out_args("reservation"))]
+    async fn reserve(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        params: HashMap<String, OwnedVariant>,
+    ) -> Result<OwnedObjectPath, VpudError> {
+        counted(&self.daemon, async {
+            let owner = caller(&header)?;
+            let req = params::reserve_request(&params)?;
+            let card = req.card.as_deref();
+            Ok(reservation::reserve(&self.daemon, &owner, req.units, card).await?)
         })
         .await
     }

@@ -7,6 +7,7 @@ pub mod card;
 pub mod error;
 pub mod manager;
 pub mod params;
+pub mod reservation;
 pub mod session;
 pub mod signals;
 
@@ -73,7 +74,7 @@ pub async fn serve_objects(daemon: &Arc<Daemon>, conn: &Connection) -> zbus::Res
     Ok(())
 }
 
-/// Ends the sessions of every client that leaves the bus (including by crashing: the bus
+/// Ends the sessions and reservations of every client that leaves the bus (including by crashing: the bus
 /// notices the closed socket). Runs until the connection closes.
 pub async fn watch_clients(daemon: Arc<Daemon>, conn: Connection) -> zbus::Result<()> {
     let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
@@ -88,6 +89,7 @@ pub async fn watch_clients(daemon: Arc<Daemon>, conn: Connection) -> zbus::Resul
             continue;
         }
         crate::session::owner_left(&daemon, &name);
+        crate::service::reservation::owner_left(&daemon, &name).await;
     }
     Ok(())
 }

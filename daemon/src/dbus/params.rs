@@ -1,4 +1,4 @@
-//! Validation of the `a{sv}` arguments of `CreateSession`, `Reconfigure` and
+//! Validation of the `a{sv}` arguments of `CreateSession`, `Reserve`, `Reconfigure` and
 //! `InjectFault`: unknown keys, wrong types and out-of-range values are rejected with a
 //! message naming the key and what is accepted.
 
@@ -8,6 +8,7 @@ use vpu_driver::card::{Codec, PixelFormat, RateControl};
 use zbus::{OwnedVariant, Variant};
 
 use crate::scheduler::Priority;
+use crate::service::reservation;
 use crate::session::request::{ReconfigureRequest, SessionRequest};
 
 /// A rejected argument: the message for `org.vpud.Vpud1.Error.InvalidArgument`.
@@ -16,7 +17,7 @@ use crate::session::request::{ReconfigureRequest, SessionRequest};
 pub struct ParamError(pub String);
 
 const SESSION_KEYS: &str = "codec, width, height, framerate_num, framerate_den, pixel_format, \
-    rate_control, bitrate, max_bitrate, qp, gop, priority, card";
+    rate_control, bitrate, max_bitrate, qp, gop, priority, card, reservation";
 
 type Params = HashMap<String, OwnedVariant>;
 
@@ -119,6 +120,7 @@ pub fn session_request(p: &Params) -> Result<SessionRequest, ParamError> {
         "gop",
         "priority",
         "card",
+        "reservation",
     ];
     reject_unknown(p, KNOWN, SESSION_KEYS)?;
     let codec = one_of(
@@ -196,15 +198,15 @@ pub fn session_request(p: &Params) -> Result<SessionRequest, ParamError> {
         Priority::as_str,
         Priority::Realtime,
     )?;
-    let card = match p.get("card").map(|v| unwrap_variant(v)) {
+    let card = get_path(p, "card", "a card's object path")?;
+    let reservation = match get_path(p, "reservation", "a reservation's object path")? {
         None => None,
-        Some(Variant::ObjectPath(o)) => Some(o.as_str().to_owned()),
-        Some(other) => {
-            return Err(ParamError(format!(
-                "card must be of type o (a card's object path), got {}",
-                type_name(other)
-            )))
-        }
+        Some(path) => Some(reservation::number(&path).ok_or_else(|| {
+            ParamError(format!(
+                "reservation = {path:?} is not a reservation's path; accepted: {}N, as Manager.Reserve returns",
+                reservation::PATH_PREFIX
+            ))
+        })?),
     };
     Ok(SessionRequest {
         codec,
@@ -220,7 +222,54 @@ pub fn session_request(p: &Params) -> Result<SessionRequest, ParamError> {
         gop,
         priority,
         card,
+        reservation,
     })
+}
+
+fn get_path(p: &Params, key: &str, what: &str) -> Result<Option<String>, ParamError> {
+    match p.get(key).map(|v| unwrap_variant(v)) {
+        None => Ok(None),
+        Some(Variant::ObjectPath(o)) => Ok(Some(o.as_str().to_owned())),
+        Some(other) => Err(ParamError(format!(
+            "{key} must be of type o ({what}), got {}",
+            type_name(other)
+        ))),
+    }
+}
+
+/// A validated `Reserve` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReserveRequest {
+    /// Load units to set aside.
+    pub units: u64,
+    /// The object path of the card to set them aside on; the policy chooses when `None`.
+    pub card: Option<String>,
+}
+
+/// Validates `Manager.Reserve`'s parameters (`units` t, `card` o).
+pub fn reserve_request(p: &Params) -> Result<ReserveRequest, ParamError> {
+    reject_unknown(p, &["units", "card"], "units, card")?;
+    let units = match p.get("units").map(|v| unwrap_variant(v)) {
+        None => {
+            return Err(ParamError(
+                "units is required (t, load units to set aside)".into(),
+            ))
+        }
+        Some(Variant::U64(0)) => {
+            return Err(ParamError(
+                "units = 0 is out of range; accepted: 1 or more load units".into(),
+            ))
+        }
+        Some(Variant::U64(u)) => *u,
+        Some(other) => {
+            return Err(ParamError(format!(
+                "units must be of type t (uint64), got {}",
+                type_name(other)
+            )))
+        }
+    };
+    let card = get_path(p, "card", "a card's object path")?;
+    Ok(ReserveRequest { units, card })
 }
 
 /// Validates `Session.Reconfigure`'s parameters (`bitrate` u, `framerate_num` u,
@@ -376,5 +425,36 @@ mod tests {
         let f = fault_options(&params(vec![("engine", Variant::U32(1))])).unwrap();
         assert_eq!(f.engine, Some(1));
         assert!(fault_options(&params(vec![("engine", Variant::U32(300))])).is_err());
+    }
+
+    #[test]
+    fn reserve_and_reservation_keys() {
+        let r = reserve_request(&params(vec![("units", Variant::U64(500))])).unwrap();
+        assert_eq!((r.units, r.card), (500, None));
+        for bad in [
+            vec![],
+            vec![("units", Variant::U64(0))],
+            vec![("units", Variant::U32(5))],
+            vec![("units", Variant::U64(5)), ("card", Variant::from("0"))],
+            vec![("units", Variant::U64(5)), ("engine", Variant::U32(0))],
+        ] {
+            assert!(reserve_request(&params(bad)).is_err());
+        }
+        let mut p = base();
+        p.push((
+            "reservation",
+            Variant::from("/org/vpud/Vpud1/reservation/0"),
+        ));
+        let e = session_request(&params(p)).unwrap_err();
+        assert!(e.0.contains("reservation must be of type o"), "{e}");
+        let mut p = base();
+        let card = zbus::ObjectPath::from_static_str_unchecked("/org/vpud/Vpud1/card/0");
+        p.push(("reservation", Variant::ObjectPath(card)));
+        let e = session_request(&params(p)).unwrap_err();
+        assert!(e.0.contains("/org/vpud/Vpud1/reservation/N"), "{e}");
+        let mut p = base();
+        let path = zbus::ObjectPath::from_static_str_unchecked("/org/vpud/Vpud1/reservation/3");
+        p.push(("reservation", Variant::ObjectPath(path)));
+        assert_eq!(session_request(&params(p)).unwrap().reservation, Some(3));
     }
 }

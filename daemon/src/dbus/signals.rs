@@ -21,6 +21,7 @@ use crate::service::state::{lock, Daemon, SessionEntry, ROOT_PATH};
 const MANAGER: &str = "org.vpud.Vpud1.Manager";
 const CARD: &str = "org.vpud.Vpud1.Card";
 const SESSION: &str = "org.vpud.Vpud1.Session";
+const RESERVATION: &str = "org.vpud.Vpud1.Reservation";
 
 fn log_err(daemon: &Daemon, what: &str, r: zbus::Result<()>) {
     if let Err(e) = r {
@@ -82,6 +83,23 @@ async fn card_figures(daemon: &Daemon, card: usize) {
         props.insert("Load", Variant::U64(load));
         props.insert("ActiveSessions", Variant::U32(sessions));
         changed(daemon, c.path.as_str(), CARD, props).await;
+    }
+}
+
+/// Reservation.Used of the reservations on one card.
+async fn reservations_used(daemon: &Daemon, card: usize) {
+    let used: Vec<(u64, u64)> = {
+        let s = lock(&daemon.sched);
+        s.reservations_on(card)
+            .into_iter()
+            .filter_map(|id| s.reservation(id).map(|r| (id, r.used)))
+            .collect()
+    };
+    for (id, used) in used {
+        let path = crate::service::reservation::path(id);
+        let mut props = HashMap::new();
+        props.insert("Used", Variant::U64(used));
+        changed(daemon, path.as_str(), RESERVATION, props).await;
     }
 }
 
@@ -253,6 +271,7 @@ pub async fn publish(daemon: Arc<Daemon>) {
         let (cards, manager_changed) = daemon.changes.take_figures();
         for card in cards {
             card_figures(&daemon, card).await;
+            reservations_used(&daemon, card).await;
         }
         if manager_changed {
             manager(&daemon).await;

@@ -2,11 +2,14 @@
 //!
 //! Pure bookkeeping with no I/O, held under one short-lived lock by the daemon. A session
 //! is admitted here (quota, then capacity) before any card is touched; the reservation is
-//! released when the session ends.
+//! released when the session ends. Reservations (`Manager.Reserve`, [`super::reserve`])
+//! set load units of a card aside for one consumer: sessions outside them cannot take
+//! those units, sessions inside draw on them.
 
 use std::collections::HashMap;
 
 use super::cost::{demand_units, CardLimits, Demand, Priority};
+use super::reserve::Reservation;
 use super::SchedError;
 use crate::config::{Policy, Quotas};
 
@@ -33,20 +36,35 @@ impl CardState {
 }
 
 #[derive(Debug)]
-struct CardBook {
-    limits: CardLimits,
-    state: CardState,
-    /// Sum of the demands of the sessions placed here.
-    reserved: u64,
-    sessions: u32,
+pub(super) struct CardBook {
+    pub(super) limits: CardLimits,
+    pub(super) state: CardState,
+    /// Sum of the demands of the sessions placed here (inside reservations or not).
+    pub(super) reserved: u64,
+    /// Units of the reservations on this card, whether drawn on or not.
+    pub(super) set_aside: u64,
+    /// Sum of the demands of the sessions placed here inside reservations: they are part
+    /// of `set_aside` as well as of `reserved`.
+    pub(super) drawn: u64,
+    pub(super) sessions: u32,
     /// Last load the card reported (engine log), in load units.
     measured: Option<u64>,
 }
 
+impl CardBook {
+    /// Units no new session outside a reservation can take: the sessions outside
+    /// reservations and every reservation's units.
+    pub(super) fn committed(&self) -> u64 {
+        (self.reserved.saturating_sub(self.drawn)).saturating_add(self.set_aside)
+    }
+}
+
 #[derive(Debug, Default)]
-struct ClientBook {
-    sessions: u32,
-    load: u64,
+pub(super) struct ClientBook {
+    pub(super) sessions: u32,
+    /// Units of the client's sessions outside reservations and of its reservations.
+    pub(super) load: u64,
+    pub(super) reservations: u32,
 }
 
 /// Where a session went and what it reserved.
@@ -55,6 +73,8 @@ pub struct Placement {
     pub card: usize,
     pub units: u64,
     pub client: String,
+    /// The reservation the units are drawn from; `None` for a session outside any.
+    pub reservation: Option<u64>,
 }
 
 /// The scheduler.
@@ -63,10 +83,13 @@ pub struct Scheduler {
     policy: Policy,
     realtime_reserve_percent: u8,
     measured_weight: f64,
-    quotas: Quotas,
-    cards: Vec<CardBook>,
-    clients: HashMap<String, ClientBook>,
-    placements: HashMap<u64, Placement>,
+    pub(super) quotas: Quotas,
+    pub(super) cards: Vec<CardBook>,
+    pub(super) clients: HashMap<String, ClientBook>,
+    pub(super) placements: HashMap<u64, Placement>,
+    pub(super) reservations: std::collections::BTreeMap<u64, Reservation>,
+    /// The number of the next reservation; never reused.
+    pub(super) next_reservation: u64,
 }
 
 impl Scheduler {
@@ -84,6 +107,8 @@ impl Scheduler {
             cards: Vec::new(),
             clients: HashMap::new(),
             placements: HashMap::new(),
+            reservations: std::collections::BTreeMap::new(),
+            next_reservation: 0,
         }
     }
 
@@ -93,6 +118,8 @@ impl Scheduler {
             limits,
             state: CardState::Online,
             reserved: 0,
+            set_aside: 0,
+            drawn: 0,
             sessions: 0,
             measured: None,
         });
@@ -113,6 +140,9 @@ impl Scheduler {
         pinned: Option<usize>,
         exclude: &[usize],
     ) -> Result<Placement, SchedError> {
+        if let Some(r) = demand.reservation {
+            return self.place_in_reservation(session, client, demand, r, pinned, exclude);
+        }
         let candidates: Vec<usize> = match pinned {
             Some(c) if c >= self.cards.len() => return Err(SchedError::NoSuchCard { card: c }),
             Some(c) => vec![c],
@@ -161,7 +191,7 @@ impl Scheduler {
                 quota_hit = Some(units);
                 continue;
             }
-            if card.reserved + units > self.limit(c, demand.priority) {
+            if card.committed() + units > self.limit(c, demand.priority) {
                 continue;
             }
             let rank = self.card_load(c);
@@ -193,6 +223,7 @@ impl Scheduler {
             card,
             units,
             client: client.to_owned(),
+            reservation: None,
         };
         self.cards[card].reserved += units;
         self.cards[card].sessions += 1;
@@ -209,9 +240,13 @@ impl Scheduler {
         let Some(p) = self.placements.get(&session).cloned() else {
             return Err(SchedError::NoSuchSession { session });
         };
+        if let Some(r) = p.reservation {
+            return self.resize_in_reservation(session, p, r, demand);
+        }
         let card = &self.cards[p.card];
         let units = demand_units(demand, &card.limits);
         let reserved_without = card.reserved.saturating_sub(p.units);
+        let committed_without = card.committed().saturating_sub(p.units);
         let (_, held_load) = self.client_usage(&p.client);
         let client_without = held_load.saturating_sub(p.units);
         if self.quotas.load_per_client != 0 && client_without + units > self.quotas.load_per_client
@@ -224,7 +259,7 @@ impl Scheduler {
                 ),
             });
         }
-        if reserved_without + units > self.limit(p.card, demand.priority) {
+        if committed_without + units > self.limit(p.card, demand.priority) {
             return Err(SchedError::NoCapacity {
                 demand: demand.clone(),
                 free: self.free_summary(demand.priority),
@@ -245,14 +280,21 @@ impl Scheduler {
         if let Some(card) = self.cards.get_mut(p.card) {
             card.reserved = card.reserved.saturating_sub(p.units);
             card.sessions = card.sessions.saturating_sub(1);
+            if p.reservation.is_some() {
+                card.drawn = card.drawn.saturating_sub(p.units);
+            }
+        }
+        if let Some(r) = p.reservation.and_then(|r| self.reservations.get_mut(&r)) {
+            r.used = r.used.saturating_sub(p.units);
+            r.sessions = r.sessions.saturating_sub(1);
         }
         if let Some(book) = self.clients.get_mut(&p.client) {
             book.sessions = book.sessions.saturating_sub(1);
-            book.load = book.load.saturating_sub(p.units);
-            if book.sessions == 0 {
-                self.clients.remove(&p.client);
+            if p.reservation.is_none() {
+                book.load = book.load.saturating_sub(p.units);
             }
         }
+        self.forget_idle_client(&p.client);
         Some(p)
     }
 
@@ -331,7 +373,7 @@ impl Scheduler {
     }
 
     /// Highest reservation a card accepts for a priority.
-    fn limit(&self, card: usize, priority: Priority) -> u64 {
+    pub(super) fn limit(&self, card: usize, priority: Priority) -> u64 {
         let cap = self.cards[card].limits.capacity();
         match priority {
             Priority::Realtime => cap,
@@ -339,11 +381,11 @@ impl Scheduler {
         }
     }
 
-    fn free_summary(&self, priority: Priority) -> String {
+    pub(super) fn free_summary(&self, priority: Priority) -> String {
         let parts: Vec<String> = (0..self.cards.len())
             .map(|c| {
                 let card = &self.cards[c];
-                let free = self.limit(c, priority).saturating_sub(card.reserved);
+                let free = self.limit(c, priority).saturating_sub(card.committed());
                 format!("card {c} {}: {free} units free", card.state.as_str())
             })
             .collect();
@@ -354,7 +396,7 @@ impl Scheduler {
         }
     }
 
-    fn supported_summary(&self) -> String {
+    pub(super) fn supported_summary(&self) -> String {
         let mut parts: Vec<String> = self
             .cards
             .iter()

@@ -18,6 +18,9 @@ pub struct Demand {
     pub fps_num: u32,
     pub fps_den: u32,
     pub priority: Priority,
+    /// The reservation (`Manager.Reserve`) the session draws on, if any: it is placed on
+    /// the reservation's card, within the reservation's units.
+    pub reservation: Option<u64>,
 }
 
 /// Realtime sessions may use all of a card; batch sessions leave a reserve to them.
@@ -106,6 +109,7 @@ mod tests {
             fps_num: fps,
             fps_den: 1,
             priority: Priority::Realtime,
+            reservation: None,
         }
     }
 

@@ -22,6 +22,7 @@ fn d720(priority: Priority) -> Demand {
         fps_num: 30,
         fps_den: 1,
         priority,
+        reservation: None,
     }
 }
 

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod changes;
 pub mod health;
 pub mod memory;
+pub mod reservation;
 pub mod state;
 
 use std::future::Future;

@@ -346,6 +346,11 @@ impl Daemon {
             .collect()
     }
 
+    /// Whether `name` was seen leaving the bus.
+    pub fn has_departed(&self, name: &str) -> bool {
+        lock(&self.departed).contains(name)
+    }
+
     /// Sessions owned by `owner`.
     pub fn sessions_of(&self, owner: &str) -> Vec<Arc<SessionEntry>> {
         lock(&self.sessions)

@@ -29,6 +29,8 @@ pub struct SessionRequest {
     pub priority: Priority,
     /// A card's object path, when the client pins the session to it.
     pub card: Option<String>,
+    /// The number of the reservation (`Manager.Reserve`) the session draws on.
+    pub reservation: Option<u64>,
 }
 
 impl SessionRequest {
@@ -41,6 +43,7 @@ impl SessionRequest {
             fps_num: self.fps_num,
             fps_den: self.fps_den,
             priority: self.priority,
+            reservation: self.reservation,
         }
     }
 
