@@ -25,6 +25,7 @@ pub const ROOT: &str = "/org/vpud/Vpud1";
 pub const MANAGER: &str = "org.vpud.Vpud1.Manager";
 pub const SESSION: &str = "org.vpud.Vpud1.Session";
 pub const CARD: &str = "org.vpud.Vpud1.Card";
+pub const RESERVATION: &str = "org.vpud.Vpud1.Reservation";
 
 /// A daemon with `cards` emulated cards on a private bus.
 pub async fn start(cards: u32, config: Config) -> Result<Embedded> {
@@ -73,6 +74,24 @@ pub async fn create_session(
         .await?;
     let (path, fd): (OwnedObjectPath, zbus::OwnedFd) = reply.body().deserialize()?;
     Ok((path, fd.into()))
+}
+
+/// Calls `Reserve` for `units` load units (on `card` if given).
+pub async fn reserve(
+    conn: &Connection,
+    units: u64,
+    card: Option<&str>,
+) -> zbus::Result<OwnedObjectPath> {
+    let mut p: HashMap<String, OwnedVariant> = HashMap::new();
+    p.insert("units".into(), owned(Variant::U64(units)));
+    if let Some(c) = card {
+        let path = zbus::ObjectPath::try_from(c)?;
+        p.insert("card".into(), owned(Variant::ObjectPath(path)));
+    }
+    let reply = conn
+        .call_method(Some(BUS_NAME), ROOT, Some(MANAGER), "Reserve", &(p,))
+        .await?;
+    reply.body().deserialize()
 }
 
 /// The D-Bus error name of a failed call, if it is a method error.

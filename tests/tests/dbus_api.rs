@@ -33,8 +33,15 @@ async fn introspection_matches_the_shipped_xml() {
     let d = start(1, config()).await.unwrap();
     let conn = connect(&d).await.unwrap();
     let (session, _channel) = create_session(&conn, &params(320, 240, 30)).await.unwrap();
+    let reservation = reserve(&conn, 1000, None).await.unwrap();
+    let paths = [
+        ROOT,
+        "/org/vpud/Vpud1/card/0",
+        session.as_str(),
+        reservation.as_str(),
+    ];
     let mut served = HashMap::new();
-    for path in [ROOT, "/org/vpud/Vpud1/card/0", session.as_str()] {
+    for path in paths {
         let (ok, xml, err) = run_async(
             "gdbus",
             &[
@@ -78,7 +85,7 @@ async fn introspection_matches_the_shipped_xml() {
         let mut xml = String::from(
             "<!DOCTYPE node PUBLIC \"-//freedesktop//DTD D-BUS Object Introspection 1.0//EN\"\n \"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd\">\n<!-- vpud's D-Bus API, version 1 (bus name org.vpud.Vpud1). See dbus-api.md. -->\n<node>\n",
         );
-        for path in [ROOT, "/org/vpud/Vpud1/card/0", session.as_str()] {
+        for path in paths {
             let (_, x, _) = run_async(
                 "gdbus",
                 &[
@@ -122,6 +129,7 @@ async fn introspection_matches_the_shipped_xml() {
             "org.vpud.Vpud1.Card",
             "org.vpud.Vpud1.Emulator",
             "org.vpud.Vpud1.Manager",
+            "org.vpud.Vpud1.Reservation",
             "org.vpud.Vpud1.Session"
         ]
     );
