@@ -24,6 +24,6 @@ pub use channel::{DataChannel, FrameSlot, Packet, SessionCounters};
 pub use connect::{BusTarget, BUS_ENV};
 pub use error::{ClientError, Result, ERROR_PREFIX};
 pub use manager::{CardInfo, Client, FaultOptions, ManagerInfo, SessionInfo};
-pub use params::SessionParams;
+pub use params::{reservation_from_env, SessionParams, RESERVATION_ENV};
 pub use pool::FramePool;
 pub use session::Session;

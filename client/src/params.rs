@@ -29,6 +29,20 @@ pub struct SessionParams {
     pub priority: Option<String>,
     /// Pins the session to one card.
     pub card: Option<OwnedObjectPath>,
+    /// The reservation (`Manager.Reserve`) the session draws on. [`SessionParams::h264`]
+    /// takes it from [`RESERVATION_ENV`] when that is set, as it is in a Kubernetes
+    /// container given `vpud.io/encode-units`.
+    pub reservation: Option<OwnedObjectPath>,
+}
+
+/// The environment variable naming the reservation a process's sessions draw on (set by
+/// `vpu-device-plugin` in the containers it allocates units to).
+pub const RESERVATION_ENV: &str = "VPUD_RESERVATION";
+
+/// The reservation [`RESERVATION_ENV`] names, if it is set to an object path.
+pub fn reservation_from_env() -> Option<OwnedObjectPath> {
+    let v = std::env::var(RESERVATION_ENV).ok()?;
+    OwnedObjectPath::try_from(v.trim().to_owned()).ok()
 }
 
 impl SessionParams {
@@ -48,6 +62,7 @@ impl SessionParams {
             gop: None,
             priority: None,
             card: None,
+            reservation: reservation_from_env(),
         }
     }
 
@@ -89,6 +104,9 @@ impl SessionParams {
         }
         if let Some(card) = &self.card {
             d.insert("card", Variant::from(card.clone()));
+        }
+        if let Some(r) = &self.reservation {
+            d.insert("reservation", Variant::from(r.clone()));
         }
         d
     }

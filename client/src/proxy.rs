@@ -16,6 +16,8 @@ pub const ROOT_PATH: &str = "/org/vpud/Vpud1";
 pub const CARD_PATH_PREFIX: &str = "/org/vpud/Vpud1/card/";
 /// Object path prefix of sessions (`…/session/N`).
 pub const SESSION_PATH_PREFIX: &str = "/org/vpud/Vpud1/session/";
+/// Object path prefix of reservations (`…/reservation/N`).
+pub const RESERVATION_PATH_PREFIX: &str = "/org/vpud/Vpud1/reservation/";
 
 /// `org.vpud.Vpud1.Manager` at `/org/vpud/Vpud1`.
 #[proxy(
@@ -29,6 +31,10 @@ pub trait Manager {
         &self,
         params: HashMap<&str, Variant<'_>>,
     ) -> zbus::Result<(OwnedObjectPath, OwnedFd)>;
+
+    /// Sets load units (`units` t) of a card (`card` o, optional) aside for the caller;
+    /// returns the reservation.
+    fn reserve(&self, params: HashMap<&str, Variant<'_>>) -> zbus::Result<OwnedObjectPath>;
 
     /// Interface version of the daemon.
     #[zbus(property, name = "Version")]
@@ -87,6 +93,9 @@ pub trait Card {
     fn engines(&self) -> zbus::Result<u32>;
     #[zbus(property, name = "Capacity")]
     fn capacity(&self) -> zbus::Result<u64>;
+    /// H.264 luma samples per second the whole card sustains (what `Capacity` stands for).
+    #[zbus(property, name = "PixelRate")]
+    fn pixel_rate(&self) -> zbus::Result<u64>;
     #[zbus(property, name = "Load")]
     fn load(&self) -> zbus::Result<u64>;
     #[zbus(property, name = "ActiveSessions")]
@@ -114,6 +123,30 @@ pub trait Emulator {
     /// DMA mappings the host holds on the card now.
     #[zbus(property, name = "DmaMappings")]
     fn dma_mappings(&self) -> zbus::Result<u32>;
+}
+
+/// `org.vpud.Vpud1.Reservation` at `/org/vpud/Vpud1/reservation/N`.
+#[proxy(
+    interface = "org.vpud.Vpud1.Reservation",
+    default_service = "org.vpud.Vpud1",
+    assume_defaults = false
+)]
+pub trait Reservation {
+    /// Ends the reservation (its owner only).
+    fn release(&self) -> zbus::Result<()>;
+
+    /// Load units set aside.
+    #[zbus(property, name = "Units")]
+    fn units(&self) -> zbus::Result<u64>;
+    /// Load units its sessions take now.
+    #[zbus(property, name = "Used")]
+    fn used(&self) -> zbus::Result<u64>;
+    /// The card the units are on.
+    #[zbus(property, name = "Card")]
+    fn card(&self) -> zbus::Result<OwnedObjectPath>;
+    /// Unique bus name of its owner.
+    #[zbus(property, name = "Owner")]
+    fn owner(&self) -> zbus::Result<String>;
 }
 
 /// `org.vpud.Vpud1.Session` at `/org/vpud/Vpud1/session/N`.
