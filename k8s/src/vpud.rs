@@ -204,14 +204,12 @@ impl Vpud {
     async fn follow(&self, target: &BusTarget) -> Result<(), ClientError> {
         let conn = target.connect().await?;
         let bus = |e| ClientError::from_call("org.freedesktop.DBus", e);
-        let dbus = zbus::fdo::DBusProxy::new(&conn)
-            .await
-            .map_err(|e| bus(e.into()))?;
+        let dbus = zbus::fdo::DBusProxy::new(&conn).await.map_err(bus)?;
         // Subscribed before anything is read, so that no change is missed.
         let mut owners = dbus
             .receive_name_owner_changed_with_args(&[(0, BUS_NAME)])
             .await
-            .map_err(|e| bus(e.into()))?;
+            .map_err(bus)?;
         let rule = MatchRule::builder()
             .msg_type(Type::Signal)
             .interface("org.freedesktop.DBus.Properties")
@@ -224,7 +222,7 @@ impl Vpud {
                 .await
                 .map_err(bus)?;
         let mut owner = dbus
-            .get_name_owner(BUS_NAME.try_into().map_err(|e: zbus::Error| bus(e))?)
+            .get_name_owner(BUS_NAME.try_into().map_err(bus)?)
             .await
             .ok()
             .map(|o| o.to_string());

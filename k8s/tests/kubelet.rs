@@ -411,7 +411,7 @@ async fn registers_advertises_units_and_allocates_into_vpud() {
     assert_eq!(reg.version, "v1beta1");
     assert_eq!(reg.resource_name, "vpud.io/encode-units");
     assert_eq!(reg.endpoint, "vpud-encode-units.sock");
-    let options = reg.options.clone().unwrap();
+    let options = reg.options.unwrap();
     assert!(options.get_preferred_allocation_available && !options.pre_start_required);
     let mut client = w.kubelet.plugin(&reg).await;
     let served = client
