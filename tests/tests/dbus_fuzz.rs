@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use vpu_tests::clip::synthetic_clip;
 use vpu_tests::daemon::{
-    connect, create_session, eventually, params, property, start, Channel, BUS_NAME as DEST, CARD,
-    MANAGER, ROOT, SESSION,
+    connect, create_session, eventually, params, property, reserve, start, Channel,
+    BUS_NAME as DEST, CARD, MANAGER, RESERVATION, ROOT, SESSION,
 };
 use vpud::config::Config;
 use zbus::wire::{Array, Dict, ObjectPath, Signature, StructureBuilder};
@@ -293,7 +293,10 @@ fn option_value(rng: &mut Rng, key: &str) -> Variant<'static> {
         ("pixel_format", Ty::Str) => Variant::from(*rng.pick(&["i420", "nv12", "yuyv"])),
         ("rate_control", Ty::Str) => Variant::from(*rng.pick(&["cbr", "vbr", "cqp", "abr"])),
         ("priority", Ty::Str) => Variant::from(*rng.pick(&["realtime", "batch", "idle"])),
-        ("card", _) if rng.chance(50) => Variant::ObjectPath(
+        ("units", _) if rng.chance(60) => {
+            Variant::U64(*rng.pick(&[0, 1, 1000, 70_313, 2_000_000, 2_000_001, u64::MAX]))
+        }
+        ("card" | "reservation", _) if rng.chance(50) => Variant::ObjectPath(
             ObjectPath::try_from(rng.object_path()).expect("generated paths are valid"),
         ),
         ("width" | "height", Ty::U32) if rng.chance(50) => {
@@ -315,6 +318,8 @@ fn options(rng: &mut Rng, keys: &[&str]) -> Variant<'static> {
             ("height", Variant::U32(48)),
             ("framerate_num", Variant::U32(30)),
         ]
+    } else if keys == RESERVE_KEYS {
+        &[("units", Variant::U64(1000))]
     } else {
         &[("bitrate", Variant::U32(400_000))]
     };
@@ -368,7 +373,9 @@ const SESSION_KEYS: &[&str] = &[
     "gop",
     "priority",
     "card",
+    "reservation",
 ];
+const RESERVE_KEYS: &[&str] = &["units", "card"];
 const RECONFIGURE_KEYS: &[&str] = &["bitrate", "framerate_num", "framerate_den", "max_bitrate"];
 const FAULT_KEYS: &[&str] = &["engine", "count", "duration_ms"];
 
@@ -382,6 +389,7 @@ fn arguments(rng: &mut Rng, path: &str, iface: &str, method: &str) -> Vec<Varian
     }
     match (iface, method) {
         (MANAGER, "CreateSession") => vec![options(rng, SESSION_KEYS)],
+        (MANAGER, "Reserve") => vec![options(rng, RESERVE_KEYS)],
         (SESSION, "Reconfigure") => vec![options(rng, RECONFIGURE_KEYS)],
         (EMULATOR, "InjectFault") => {
             // A real kind only with options that must be refused, so the cards stay
@@ -574,11 +582,20 @@ async fn random_arguments_to_every_method_get_typed_replies() {
     let mut live = live.as_str().to_owned();
     // Channels of the live sessions, kept open (closing one closes its session).
     let mut kept = vec![live_channel];
+    // A live reservation to aim Reservation methods at; every one made is released at the
+    // end.
+    let mut reservation = reserve(&conn, 1000, None)
+        .await
+        .expect("a well-formed Reserve succeeds")
+        .as_str()
+        .to_owned();
+    let mut reservations = vec![reservation.clone()];
 
     let mut rng = Rng(seed);
     let mut tally = Tally::default();
     let methods: &[(&str, &[&str])] = &[
-        (MANAGER, &["CreateSession"]),
+        (MANAGER, &["CreateSession", "Reserve"]),
+        (RESERVATION, &["Release"]),
         (CARD, &["Drain", "Resume", "Reset"]),
         (EMULATOR, &["InjectFault"]),
         (SESSION, &["Reconfigure", "RequestKeyframe", "Close"]),
@@ -595,6 +612,13 @@ async fn random_arguments_to_every_method_get_typed_replies() {
             SESSION => {
                 if rng.chance(50) {
                     live.clone()
+                } else {
+                    rng.object_path()
+                }
+            }
+            RESERVATION => {
+                if rng.chance(60) {
+                    reservation.clone()
                 } else {
                     rng.object_path()
                 }
@@ -618,7 +642,10 @@ async fn random_arguments_to_every_method_get_typed_replies() {
         let caller = if rng.chance(15) { &stranger } else { &conn };
         let reply = call(caller, &path, iface, method, args).await;
         let gone = match &reply {
-            Ok(_) => (iface, method) == (SESSION, "Close"),
+            Ok(_) => matches!(
+                (iface, method),
+                (SESSION, "Close") | (RESERVATION, "Release")
+            ),
             Err(zbus::Error::FDO(e)) => e.name().as_str().ends_with(".UnknownObject"),
             Err(zbus::Error::MethodError(name, _, _)) => name.as_str().ends_with(".NotFound"),
             Err(_) => false,
@@ -629,6 +656,17 @@ async fn random_arguments_to_every_method_get_typed_replies() {
             if let Ok((p, fd)) = create_session(&conn, &params(64, 48, 30)).await {
                 live = p.as_str().to_owned();
                 kept.push(fd);
+            }
+        }
+        if let (Ok(m), (MANAGER, "Reserve")) = (&reply, (iface, method)) {
+            if let Ok(p) = m.body().deserialize::<zbus::OwnedObjectPath>() {
+                reservations.push(p.as_str().to_owned());
+            }
+        }
+        if path == reservation && gone {
+            if let Ok(p) = reserve(&conn, 1000, None).await {
+                reservation = p.as_str().to_owned();
+                reservations.push(reservation.clone());
             }
         }
         if reply.is_ok() {
@@ -672,7 +710,13 @@ async fn random_arguments_to_every_method_get_typed_replies() {
         "no call was refused as invalid: {tally:?}"
     );
 
-    // The daemon still serves, its cards can be brought back, and sessions encode.
+    // The daemon still serves, its cards can be brought back, and sessions encode. The
+    // reservations the calls made are released by their owners (one of the two clients).
+    for r in &reservations {
+        for c in [&conn, &stranger] {
+            let _ = call(c, r, RESERVATION, "Release", Vec::new()).await;
+        }
+    }
     for card in &cards {
         call(&conn, card, CARD, "Resume", Vec::new())
             .await
