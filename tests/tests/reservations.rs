@@ -197,14 +197,14 @@ async fn bad_reservation_requests_are_typed_errors() {
     assert_ne!(c0, c1, "spread puts them on different cards");
     assert_eq!(err_name(reserve(&conn, 1_500_000, None).await), NO_CAPACITY);
 
-    for bogus in [
-        "/org/vpud/Vpud1/reservation/99",
-        "/org/vpud/Vpud1/card/0",
-        "/org/vpud/Vpud1/reservation/x",
+    for (bogus, error) in [
+        ("/org/vpud/Vpud1/reservation/99", NOT_FOUND),
+        ("/org/vpud/Vpud1/card/0", INVALID),
+        ("/org/vpud/Vpud1/reservation/x", INVALID),
     ] {
         assert_eq!(
             err_name(create_session(&conn, &in_reservation(320, 240, 30, bogus)).await),
-            NOT_FOUND,
+            error,
             "{bogus}"
         );
     }
