@@ -217,7 +217,9 @@ impl Session {
             if !codec.started {
                 codec.encoder = new_encoder(&self.params, bitrate, fps, codec.qp_floor)?;
             } else {
-                set_rate(&mut codec.encoder, new_bitrate, new_fps)?;
+                let peak = self.params.max_bitrate.map_or(bitrate, |p| p.max(bitrate));
+                let raising = bitrate > codec.bitrate;
+                set_rate(&mut codec.encoder, new_bitrate, peak, raising, new_fps)?;
             }
             codec.bitrate = bitrate;
             codec.fps = fps;
@@ -227,7 +229,7 @@ impl Session {
                 set_option_int(
                     &mut codec.encoder,
                     openh264_sys2::ENCODER_OPTION_MAX_BITRATE,
-                    peak,
+                    peak.max(codec.bitrate),
                 )?;
             }
             codec.peak_set = true;
@@ -417,14 +419,44 @@ impl Session {
     }
 }
 
-/// Changes the target bitrate and/or frame rate of a running encoder.
-fn set_rate(encoder: &mut Encoder, bitrate: Option<u32>, fps: Option<f32>) -> Result<(), Status> {
-    // SAFETY: only used to set the two rate options below, which the encoder accepts at
-    // any time after initialisation; no parameter the wrapper relies on is touched.
+/// Changes the target bitrate and/or frame rate of a running encoder. openh264 refuses a
+/// target above the layer's peak (`iMaxSpatialBitrate`, which starts equal to the initial
+/// target), so the peak moves with the target to `peak`: first when `raising`, after the
+/// target otherwise, so that peak >= target holds at every step.
+fn set_rate(
+    encoder: &mut Encoder,
+    bitrate: Option<u32>,
+    peak: u32,
+    raising: bool,
+    fps: Option<f32>,
+) -> Result<(), Status> {
+    // SAFETY: only used to set the rate options below, which the encoder accepts at any
+    // time after initialisation; no parameter the wrapper relies on is touched.
     let api = unsafe { encoder.raw_api() };
     let mut rc = 0;
     if let Some(bitrate) = bitrate {
-        rc |= set_bitrate_option(api, openh264_sys2::ENCODER_OPTION_BITRATE, bitrate)?;
+        // The peak is a per-layer setting: through SPATIAL_LAYER_ALL openh264 would only
+        // record it for the next initialisation.
+        let set_peak = |api: &mut openh264::encoder::EncoderRawAPI| {
+            set_bitrate_option(
+                api,
+                openh264_sys2::ENCODER_OPTION_MAX_BITRATE,
+                openh264_sys2::SPATIAL_LAYER_0,
+                peak,
+            )
+        };
+        if raising {
+            rc |= set_peak(api)?;
+        }
+        rc |= set_bitrate_option(
+            api,
+            openh264_sys2::ENCODER_OPTION_BITRATE,
+            openh264_sys2::SPATIAL_LAYER_ALL,
+            bitrate,
+        )?;
+        if !raising {
+            rc |= set_peak(api)?;
+        }
     }
     if let Some(mut rate) = fps {
         // SAFETY: as above, with a float frame rate.
@@ -442,14 +474,16 @@ fn set_rate(encoder: &mut Encoder, bitrate: Option<u32>, fps: Option<f32>) -> Re
     Ok(())
 }
 
-/// Sets a bitrate option (target or peak) of an initialised encoder; the C return code.
+/// Sets a bitrate option (target or peak) of an initialised encoder for `layer`; the C
+/// return code.
 fn set_bitrate_option(
     api: &mut openh264::encoder::EncoderRawAPI,
     option: openh264_sys2::ENCODER_OPTION,
+    layer: openh264_sys2::LAYER_NUM,
     bitrate: u32,
 ) -> Result<i32, Status> {
     let mut info = openh264_sys2::SBitrateInfo {
-        iLayer: openh264_sys2::SPATIAL_LAYER_ALL,
+        iLayer: layer,
         iBitrate: i32::try_from(bitrate).map_err(|_| Status::vendor(VPU_SC_INVALID_PARAMS))?,
     };
     // SAFETY: the encoder is initialised (it has encoded a frame); SetOption copies the
@@ -471,7 +505,7 @@ fn set_option_int(
     // SAFETY: only used to set a rate option, which the encoder accepts at any time after
     // initialisation; no parameter the wrapper relies on is touched.
     let api = unsafe { encoder.raw_api() };
-    if set_bitrate_option(api, option, bitrate)? != 0 {
+    if set_bitrate_option(api, option, openh264_sys2::SPATIAL_LAYER_0, bitrate)? != 0 {
         tracing::error!(bitrate, "setting the encoder's peak bitrate failed");
         return Err(Status::vendor(VPU_SC_ENGINE_FAULT));
     }

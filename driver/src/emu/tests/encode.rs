@@ -493,6 +493,45 @@ fn reconfigured_bitrate_takes_effect() {
     );
 }
 
+/// A raised target takes effect too: openh264 caps the target at the layer's peak, which
+/// starts at the initial target, so the engine raises the peak with it.
+#[test]
+fn raised_bitrate_takes_effect() {
+    let mut host = Host::new(EmuConfig::default());
+    let mut p = params(160, 96, false);
+    p.bitrate = 150_000;
+    let session = host.create_session(&p);
+    let mut q = host.io_queue(1, 8, 1);
+    let out = host.io.alloc_dma(1 << 20).unwrap();
+    let frame = Frame::new(&host, &textured(&p, 0));
+    let mut run = |host: &mut Host, from: usize| -> u64 {
+        let mut bytes = 0;
+        for n in from..from + 90 {
+            assert!(frame.data.write(0, &textured(&p, n)));
+            q.submit(&host.io, encode_cmd(session, &frame, &out, 1 << 20, 0));
+            let cqe = q.wait(&host.io, TIMEOUT).unwrap();
+            assert_eq!(status(&cqe), OK, "frame {n}");
+            if n >= from + 30 {
+                bytes += u64::from(cqe.dw0);
+            }
+        }
+        bytes
+    };
+    let before = run(&mut host, 0);
+    let mut c = cmd(VPU_ADMIN_RECONFIGURE_SESSION);
+    c.cdw10 = session;
+    c.cdw11 = VPU_RECONFIG_BITRATE;
+    c.cdw12 = 600_000;
+    assert_eq!(status(&host.admin(c)), OK);
+    let after = run(&mut host, 90);
+    let (b, a) = (before as f64 * 8.0 / 2.0, after as f64 * 8.0 / 2.0);
+    assert!(a > b * 2.0, "bitrate {b:.0} -> {a:.0} b/s");
+    assert!(
+        (a - 600_000.0).abs() / 600_000.0 < 0.25,
+        "after reconfiguring: {a:.0} b/s"
+    );
+}
+
 /// Pure noise at a generous bitrate drives openh264's QP so low that an I frame overflows
 /// its internal buffer; the engine must clamp QP and keep encoding, as hardware does.
 #[test]
