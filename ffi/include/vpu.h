@@ -353,7 +353,53 @@ struct vpu_session_params {
 /* Load units: one engine fully busy. */
 #define VPU_LOAD_UNITS_PER_ENGINE 1000000u
 
-/* The VPU block, at the start of Identify Controller's vendor-specific area. */
+/* Engine kinds (vpu_engine_caps.kind) */
+#define VPU_ENGINE_KIND_ENCODE 0u /* raw frames in, bitstream out */
+#define VPU_ENGINE_KIND_DECODE 1u /* bitstream in, frames out into card memory */
+#define VPU_ENGINE_KIND_SCALE 2u  /* card frames in, resized card frames out */
+
+/* vpu_engine_caps.codec of an engine that has no codec (a scaler) */
+#define VPU_CODEC_NONE 0xffu
+
+/* Bits of vpu_engine_caps.profiles, numbered per codec */
+#define VPU_H264_PROFILE_BIT_CONSTRAINED_BASELINE (1u << 0)
+#define VPU_H264_PROFILE_BIT_MAIN (1u << 1)
+#define VPU_H264_PROFILE_BIT_HIGH (1u << 2)
+#define VPU_AV1_PROFILE_BIT_MAIN (1u << 0) /* seq_profile 0 */
+
+/* Entries in vpu_identify_vpu.engine_caps */
+#define VPU_MAX_ENGINE_CAPS 24u
+
+/*
+ * What one engine does with one codec (or, for a scaler, at all), 32 bytes. An engine
+ * that handles two codecs has two entries with the same kind and index: its capacity is
+ * shared, its pixel rate is per codec.
+ */
+struct vpu_engine_caps {
+    uint8_t engine;      /* index among the card's engines of this kind */
+    uint8_t kind;        /* VPU_ENGINE_KIND_* */
+    uint8_t codec;       /* VPU_CODEC_*; VPU_CODEC_NONE for a scaler */
+    uint8_t max_level;   /* highest level: H.264 level_idc, AV1 seq_level_idx; 0: any */
+    uint32_t profiles;   /* VPU_<codec>_PROFILE_BIT_* this engine takes */
+    uint16_t max_width;  /* luma samples */
+    uint16_t max_height; /* luma samples */
+    uint32_t capacity;   /* load units this engine provides */
+    uint64_t pixel_rate; /* luma samples per second this engine sustains with this codec */
+    uint8_t rsvd[8];
+} __attribute__((packed));
+
+/*
+ * The VPU block, at the start of Identify Controller's vendor-specific area.
+ *
+ * The fields up to pixel_rate_per_engine describe a card whose encode engines are all
+ * alike. The engine capability table after them describes each engine: what it encodes
+ * or decodes, in which profiles, up to what size, and how fast per codec; a card with
+ * decode engines or scalers fills it. A card that leaves engine_caps_count at 0 is
+ * described by the fields before it alone (every encode engine encodes every codec in
+ * .codecs at pixel_rate_per_engine); a card that fills the table keeps those fields
+ * filled too (codecs: every codec some encode engine takes; pixel_rate_per_engine:
+ * H.264's), so readers that know only them still work.
+ */
 struct vpu_identify_vpu {
     uint8_t magic[4];                 /* "VPU1" */
     uint16_t version;                 /* VPU_INTERFACE_VERSION */
@@ -367,7 +413,11 @@ struct vpu_identify_vpu {
     uint16_t max_frames_in_flight;    /* Encode Frame commands one session may have queued */
     uint32_t pixel_formats;           /* bitmask of 1 << VPU_PIXFMT_* */
     uint64_t pixel_rate_per_engine;   /* H.264 luma samples per second one engine sustains */
-    uint8_t rsvd[988];
+    uint8_t scale_engines;            /* number of scaler engines */
+    uint8_t engine_caps_count;        /* valid entries in engine_caps; 0: none (above) */
+    uint16_t rsvd38;
+    struct vpu_engine_caps engine_caps[VPU_MAX_ENGINE_CAPS];
+    uint8_t rsvd[216];
 } __attribute__((packed));
 
 /* Identify Controller data structure, 4096 bytes; only the fields vpud reads are named. */
@@ -458,6 +508,7 @@ struct vpu_session_log {
 _Static_assert(sizeof(struct vpu_sqe) == 64, "vpu_sqe");
 _Static_assert(sizeof(struct vpu_cqe) == 16, "vpu_cqe");
 _Static_assert(sizeof(struct vpu_session_params) == 64, "vpu_session_params");
+_Static_assert(sizeof(struct vpu_engine_caps) == 32, "vpu_engine_caps");
 _Static_assert(sizeof(struct vpu_identify_vpu) == 1024, "vpu_identify_vpu");
 _Static_assert(sizeof(struct vpu_identify_controller) == 4096, "vpu_identify_controller");
 _Static_assert(sizeof(struct vpu_identify_namespace) == 4096, "vpu_identify_namespace");

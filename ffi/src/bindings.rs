@@ -160,6 +160,15 @@ pub const VPU_ENGINE_ANY: u32 = 65535;
 pub const VPU_IDENTIFY_MAGIC: &[u8; 5] = b"VPU1\0";
 pub const VPU_INTERFACE_VERSION: u32 = 1;
 pub const VPU_LOAD_UNITS_PER_ENGINE: u32 = 1000000;
+pub const VPU_ENGINE_KIND_ENCODE: u32 = 0;
+pub const VPU_ENGINE_KIND_DECODE: u32 = 1;
+pub const VPU_ENGINE_KIND_SCALE: u32 = 2;
+pub const VPU_CODEC_NONE: u32 = 255;
+pub const VPU_H264_PROFILE_BIT_CONSTRAINED_BASELINE: u32 = 1;
+pub const VPU_H264_PROFILE_BIT_MAIN: u32 = 2;
+pub const VPU_H264_PROFILE_BIT_HIGH: u32 = 4;
+pub const VPU_AV1_PROFILE_BIT_MAIN: u32 = 1;
+pub const VPU_MAX_ENGINE_CAPS: u32 = 24;
 pub const VPU_LBAF_LBADS_SHIFT: u32 = 16;
 pub const VPU_LBAF_LBADS_MASK: u32 = 255;
 pub const VPU_ENGINE_STATE_IDLE: u32 = 0;
@@ -296,6 +305,45 @@ const _: () = {
         [::core::mem::offset_of!(vpu_session_params, rsvd) - 46usize];
 };
 #[repr(C, packed)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct vpu_engine_caps {
+    pub engine: u8,
+    pub kind: u8,
+    pub codec: u8,
+    pub max_level: u8,
+    pub profiles: u32,
+    pub max_width: u16,
+    pub max_height: u16,
+    pub capacity: u32,
+    pub pixel_rate: u64,
+    pub rsvd: [u8; 8usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vpu_engine_caps"][::core::mem::size_of::<vpu_engine_caps>() - 32usize];
+    ["Alignment of vpu_engine_caps"][::core::mem::align_of::<vpu_engine_caps>() - 1usize];
+    ["Offset of field: vpu_engine_caps::engine"]
+        [::core::mem::offset_of!(vpu_engine_caps, engine) - 0usize];
+    ["Offset of field: vpu_engine_caps::kind"]
+        [::core::mem::offset_of!(vpu_engine_caps, kind) - 1usize];
+    ["Offset of field: vpu_engine_caps::codec"]
+        [::core::mem::offset_of!(vpu_engine_caps, codec) - 2usize];
+    ["Offset of field: vpu_engine_caps::max_level"]
+        [::core::mem::offset_of!(vpu_engine_caps, max_level) - 3usize];
+    ["Offset of field: vpu_engine_caps::profiles"]
+        [::core::mem::offset_of!(vpu_engine_caps, profiles) - 4usize];
+    ["Offset of field: vpu_engine_caps::max_width"]
+        [::core::mem::offset_of!(vpu_engine_caps, max_width) - 8usize];
+    ["Offset of field: vpu_engine_caps::max_height"]
+        [::core::mem::offset_of!(vpu_engine_caps, max_height) - 10usize];
+    ["Offset of field: vpu_engine_caps::capacity"]
+        [::core::mem::offset_of!(vpu_engine_caps, capacity) - 12usize];
+    ["Offset of field: vpu_engine_caps::pixel_rate"]
+        [::core::mem::offset_of!(vpu_engine_caps, pixel_rate) - 16usize];
+    ["Offset of field: vpu_engine_caps::rsvd"]
+        [::core::mem::offset_of!(vpu_engine_caps, rsvd) - 24usize];
+};
+#[repr(C, packed)]
 #[derive(Debug, Copy, Clone)]
 pub struct vpu_identify_vpu {
     pub magic: [u8; 4usize],
@@ -310,7 +358,11 @@ pub struct vpu_identify_vpu {
     pub max_frames_in_flight: u16,
     pub pixel_formats: u32,
     pub pixel_rate_per_engine: u64,
-    pub rsvd: [u8; 988usize],
+    pub scale_engines: u8,
+    pub engine_caps_count: u8,
+    pub rsvd38: u16,
+    pub engine_caps: [vpu_engine_caps; 24usize],
+    pub rsvd: [u8; 216usize],
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
@@ -340,8 +392,16 @@ const _: () = {
         [::core::mem::offset_of!(vpu_identify_vpu, pixel_formats) - 24usize];
     ["Offset of field: vpu_identify_vpu::pixel_rate_per_engine"]
         [::core::mem::offset_of!(vpu_identify_vpu, pixel_rate_per_engine) - 28usize];
+    ["Offset of field: vpu_identify_vpu::scale_engines"]
+        [::core::mem::offset_of!(vpu_identify_vpu, scale_engines) - 36usize];
+    ["Offset of field: vpu_identify_vpu::engine_caps_count"]
+        [::core::mem::offset_of!(vpu_identify_vpu, engine_caps_count) - 37usize];
+    ["Offset of field: vpu_identify_vpu::rsvd38"]
+        [::core::mem::offset_of!(vpu_identify_vpu, rsvd38) - 38usize];
+    ["Offset of field: vpu_identify_vpu::engine_caps"]
+        [::core::mem::offset_of!(vpu_identify_vpu, engine_caps) - 40usize];
     ["Offset of field: vpu_identify_vpu::rsvd"]
-        [::core::mem::offset_of!(vpu_identify_vpu, rsvd) - 36usize];
+        [::core::mem::offset_of!(vpu_identify_vpu, rsvd) - 808usize];
 };
 impl Default for vpu_identify_vpu {
     fn default() -> Self {

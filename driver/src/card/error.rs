@@ -10,6 +10,8 @@ pub enum CardError {
     Nvme(#[from] NvmeError),
     #[error("{device}: not a VPU card (no \"VPU1\" block in Identify Controller)")]
     NotVpu { device: String },
+    #[error("{device}: Identify's VPU block is inconsistent: {why}")]
+    BadIdentify { device: String, why: String },
     #[error("{device}: VPU interface version {version} is not supported")]
     UnsupportedVersion { device: String, version: u16 },
     #[error("{device}: {what} rejected: {status}")]

@@ -3,6 +3,7 @@
 //!
 //! - `types`: codecs, pixel formats, session configuration, packets, statistics;
 //! - `identity`: the card's identity from Identify Controller's VPU block;
+//! - `engines`: the engine capability table in that block (what each engine does);
 //! - `device`: [`Card`], its sessions and commands;
 //! - `encode`: Encode Frame, output buffers, checks on the card's answer;
 //! - `logs`: engine and session log pages;
@@ -13,6 +14,7 @@ mod device;
 mod encode;
 #[doc(hidden)]
 pub mod encoded;
+mod engines;
 mod error;
 mod identity;
 mod logs;
@@ -22,6 +24,7 @@ mod types;
 
 pub use crate::nvme::VendorStatus;
 pub use device::{Card, CardMetrics, CardMetricsSnapshot};
+pub use engines::{baseline_profiles, EngineCaps, EngineKind};
 pub use error::CardError;
 pub use identity::CardIdentity;
 pub use types::{

@@ -129,6 +129,12 @@ fn identify(shared: &Shared, ctrl: &Ctrl, sqe: &vpu_sqe) -> Option<Done> {
         pixel_rate_per_engine: cfg.pixel_rate_per_engine,
         ..Default::default()
     };
+    let caps = cfg.engine_caps();
+    // `validate` keeps the table within VPU_MAX_ENGINE_CAPS entries.
+    id.vpu.engine_caps_count = caps.len().min(id.vpu.engine_caps.len()) as u8;
+    for (slot, c) in id.vpu.engine_caps.iter_mut().zip(&caps) {
+        *slot = c.to_raw();
+    }
     Some(send(shared, ctrl, sqe, &id, VPU_IDENTIFY_SIZE as usize))
 }
 

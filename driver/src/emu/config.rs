@@ -1,8 +1,9 @@
 //! Configuration of an emulated card: its identity, engines and declared capacity.
 
-use vpu_ffi::VPU_LOAD_UNITS_PER_ENGINE;
+use vpu_ffi::{VPU_H264_PROFILE_BIT_CONSTRAINED_BASELINE, VPU_LOAD_UNITS_PER_ENGINE};
 
 use super::EmuError;
+use crate::card::{Codec, EngineCaps, EngineKind};
 
 /// The largest picture the `openh264` encoder accepts (it refuses anything over level 5.2).
 pub(super) const ENCODER_MAX_LONG_SIDE: u16 = 3840;
@@ -66,6 +67,24 @@ impl EmuConfig {
         format!("emu{}", self.index)
     }
 
+    /// The engine capability table the card reports in Identify: each engine encodes
+    /// Constrained Baseline H.264 (what the software encoder produces).
+    pub fn engine_caps(&self) -> Vec<EngineCaps> {
+        (0..self.engines)
+            .map(|engine| EngineCaps {
+                engine,
+                kind: EngineKind::Encode,
+                codec: Some(Codec::H264),
+                max_level: 0,
+                profiles: VPU_H264_PROFILE_BIT_CONSTRAINED_BASELINE,
+                max_width: self.max_width,
+                max_height: self.max_height,
+                capacity: self.capacity_per_engine,
+                pixel_rate: self.pixel_rate_per_engine,
+            })
+            .collect()
+    }
+
     /// The synthetic PCI address the card reports.
     pub fn pci_address(&self) -> String {
         format!("0000:e0:{:02x}.0", self.index)
@@ -104,6 +123,13 @@ impl EmuConfig {
             return bad(format!(
                 "maximum picture {}x{} exceeds what the encoder supports ({}x{})",
                 self.max_width, self.max_height, ENCODER_MAX_LONG_SIDE, ENCODER_MAX_SHORT_SIDE
+            ));
+        }
+        let caps = self.engine_caps().len();
+        if caps > vpu_ffi::VPU_MAX_ENGINE_CAPS as usize {
+            return bad(format!(
+                "{caps} engine capability entries, Identify holds at most {}",
+                vpu_ffi::VPU_MAX_ENGINE_CAPS
             ));
         }
         if self.max_sessions_per_engine == 0 || self.max_frames_in_flight == 0 {

@@ -38,6 +38,21 @@ fn identify_returns_the_vpu_block() {
     );
     assert_eq!({ vpu.max_width }, 3840);
     assert_eq!({ vpu.pixel_rate_per_engine }, 1280 * 720 * 240);
+    // The engine table: one H.264 encode entry per engine, as the legacy fields say.
+    assert_eq!(vpu.engine_caps_count, 3);
+    let caps = vpu.engine_caps;
+    for (i, e) in caps.iter().take(3).enumerate() {
+        assert_eq!(
+            (e.engine, e.kind, e.codec),
+            (i as u8, 0, VPU_CODEC_H264 as u8)
+        );
+        assert_eq!(
+            ({ e.capacity }, { e.pixel_rate }),
+            ({ vpu.capacity_per_engine }, 1280 * 720 * 240)
+        );
+    }
+    let identity = crate::card::CardIdentity::from_identify("emu7", &id).unwrap();
+    assert_eq!(identity.encoders(crate::card::Codec::H264).count(), 3);
     // Other CNS values are rejected.
     c.cdw10 = VPU_IDENTIFY_CNS_ACTIVE_NSIDS;
     assert_eq!(
