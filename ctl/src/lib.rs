@@ -19,6 +19,7 @@ pub mod mp4;
 mod output;
 pub mod private;
 pub mod table;
+pub mod transcode;
 
 pub use cli::{Cli, Command};
 pub use error::{error_chain, CtlError};
