@@ -3,6 +3,7 @@
 //! Every section and field is optional; unknown fields and bad values are errors that name
 //! the field and what it accepts. `daemon/dist/vpud.toml` documents each option.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,6 +16,11 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/vpud/vpud.toml";
 /// fewest thread wake-ups per call (`BENCHMARKS.md`, benchmark (b)) and has room for
 /// thousands of frames a second; hosts with many busy cards may want more.
 pub const DEFAULT_THREADS: u16 = 1;
+
+/// Where the Prometheus endpoint listens once `[metrics] enabled = true` and no address is
+/// given: loopback only, so that nothing is exposed beyond the host without an explicit
+/// choice.
+pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9478";
 
 /// Errors loading the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +77,7 @@ pub struct Config {
     pub emulated: EmulatedConfig,
     pub vfio: VfioConfig,
     pub timeouts: Timeouts,
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Config {
@@ -83,6 +90,40 @@ impl Default for Config {
             emulated: EmulatedConfig::default(),
             vfio: VfioConfig::default(),
             timeouts: Timeouts::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+/// The Prometheus endpoint (`docs/operations.md`, "Metrics").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `GET /metrics` at all. Off unless asked for: an open port is the operator's
+    /// decision.
+    pub enabled: bool,
+    /// `IP:port` to listen on; validated by [`Config::validate`], read with
+    /// [`MetricsConfig::socket_address`].
+    pub address: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: false,
+            address: DEFAULT_METRICS_ADDRESS.to_owned(),
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The address to listen on, if the endpoint is enabled and the address is valid
+    /// (checked by [`Config::validate`]).
+    pub fn socket_address(&self) -> Option<SocketAddr> {
+        if self.enabled {
+            self.address.parse().ok()
+        } else {
+            None
         }
     }
 }
@@ -348,6 +389,15 @@ impl Config {
                 "milliseconds, 100 to 600000",
             ));
         }
+        // Checked even while disabled, so that turning the endpoint on later does not
+        // reveal an old mistake.
+        if self.metrics.address.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "metrics.address",
+                format!("{:?}", self.metrics.address),
+                "an IP address and port, such as \"127.0.0.1:9478\" (loopback only) or \"[::]:9478\" (every interface); host names are not resolved",
+            ));
+        }
         Ok(())
     }
 }
@@ -388,6 +438,9 @@ nvme_class = false
 ids = ["1ded:5650"]
 [timeouts]
 command_ms = 2000
+[metrics]
+enabled = true
+address = "[::1]:9100"
 "#,
             "t",
         )
@@ -398,6 +451,37 @@ command_ms = 2000
         assert_eq!(c.emulated.engines, 4);
         assert_eq!(c.vfio.parsed_ids(), vec![(0x1ded, 0x5650)]);
         assert_eq!(c.timeouts.command(), Duration::from_secs(2));
+        assert_eq!(
+            c.metrics.socket_address(),
+            Some("[::1]:9100".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_with_a_loopback_address() {
+        let c = Config::default();
+        assert_eq!(c.metrics.socket_address(), None);
+        let on = Config::parse("[metrics]\nenabled = true\n", "t").unwrap();
+        let addr = on.metrics.socket_address().unwrap();
+        assert!(addr.ip().is_loopback(), "{addr}");
+    }
+
+    #[test]
+    fn bad_metrics_address_names_the_field() {
+        for bad in ["localhost:9478", "9478", "127.0.0.1", "127.0.0.1:99999", ""] {
+            let text = format!("[metrics]\nenabled = true\naddress = {bad:?}\n");
+            let e = Config::parse(&text, "t").unwrap_err().to_string();
+            assert!(e.contains("metrics.address"), "{e}");
+            assert!(e.contains("IP address and port"), "{e}");
+        }
+        let e = Config::parse("[metrics]\nport = 9478\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port") && e.contains("address"), "{e}");
+        let e = Config::parse("[metrics]\nenabled = \"yes\"\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("enabled"), "{e}");
     }
 
     #[test]

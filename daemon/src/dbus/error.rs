@@ -54,6 +54,17 @@ impl From<SchedError> for VpudError {
 }
 
 impl VpudError {
+    /// Every short name [`VpudError::kind`] returns for an error of the API (not `ZBus`).
+    pub const KINDS: [&'static str; 7] = [
+        "NoCapacity",
+        "InvalidArgument",
+        "NotSupported",
+        "AccessDenied",
+        "NotFound",
+        "CardFailed",
+        "QuotaExceeded",
+    ];
+
     /// The error's short name (`NoCapacity`, …), for the per-kind error counters.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -66,5 +77,25 @@ impl VpudError {
             VpudError::CardFailed(_) => "CardFailed",
             VpudError::QuotaExceeded(_) => "QuotaExceeded",
         }
+    }
+}
+
+#[cfg(test)]
+mod kinds_tests {
+    use super::VpudError;
+
+    #[test]
+    fn kinds_lists_every_api_error() {
+        let all = [
+            VpudError::NoCapacity(String::new()),
+            VpudError::InvalidArgument(String::new()),
+            VpudError::NotSupported(String::new()),
+            VpudError::AccessDenied(String::new()),
+            VpudError::NotFound(String::new()),
+            VpudError::CardFailed(String::new()),
+            VpudError::QuotaExceeded(String::new()),
+        ];
+        let kinds: Vec<&str> = all.iter().map(VpudError::kind).collect();
+        assert_eq!(kinds, VpudError::KINDS);
     }
 }

@@ -60,7 +60,7 @@ impl ManagerIface {
         #[zbus(header)] header: Header<'_>,
         params: HashMap<String, OwnedVariant>,
     ) -> Result<(OwnedObjectPath, zbus::OwnedFd), VpudError> {
-        counted(&self.daemon, async {
+        let result = counted(&self.daemon, async {
             let owner = caller(&header)?;
             let req = params::session_request(&params)?;
             let created = session::create(&self.daemon, &owner, req).await?;
@@ -71,7 +71,11 @@ impl ManagerIface {
             let (path, channel) = created.start();
             Ok((path, zbus::OwnedFd::from(channel)))
         })
-        .await
+        .await;
+        if let Err(e) = &result {
+            self.daemon.metrics.session_refused(e.kind());
+        }
+        result
     }
 
     /// Sets load units of a card aside for one consumer; returns the reservation.

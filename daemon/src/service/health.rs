@@ -23,7 +23,7 @@ pub fn card_fault(daemon: &Arc<Daemon>, card: usize, reason: &str) {
     let Some(entry) = daemon.cards.get(card) else {
         return;
     };
-    entry.errors.fetch_add(1, Ordering::Relaxed);
+    entry.count_error("fault");
     daemon.metrics.error("card.fault");
     if daemon.shutting_down.load(Ordering::Acquire) {
         return;
@@ -95,7 +95,7 @@ pub async fn reset_card(daemon: &Arc<Daemon>, card: usize, reason: &str) -> Resu
         (Err(_), _) => CardState::Failed,
     };
     if let Err(e) = &result {
-        entry.errors.fetch_add(1, Ordering::Relaxed);
+        entry.count_error("reset");
         daemon.metrics.error("card.reset");
         tracing::error!(card = %entry.name, error = %e, "reset failed; card is out of service");
     } else {

@@ -27,7 +27,8 @@ use crate::channel::proto::ErrorCode;
 use crate::config::{Config, ConfigError};
 use crate::dbus;
 use crate::discovery::{self, DiscoveryError};
-use crate::metrics::Metrics;
+use crate::metrics::http::{Endpoint, HttpError};
+use crate::metrics::{exposition, Metrics};
 use crate::notify::{self, Notifier};
 use state::{CardEntry, Daemon, ROOT_PATH};
 
@@ -70,6 +71,8 @@ pub struct Ready {
     pub address: String,
     /// The daemon's state (cards, sessions, metrics), for embedders and tests.
     pub daemon: Arc<Daemon>,
+    /// Where the Prometheus endpoint listens, if `[metrics] enabled = true`.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Options of one daemon run that do not come from the configuration file.
@@ -124,6 +127,8 @@ pub enum ServiceError {
     },
     #[error("the bus name {name} is taken (is another vpud running?)")]
     NameTaken { name: &'static str },
+    #[error(transparent)]
+    Metrics(#[from] HttpError),
     #[error("the daemon stopped before it was ready")]
     NotReady,
 }
@@ -164,6 +169,7 @@ pub async fn run(
                 card: f.card,
                 emulator: f.emulator,
                 errors: AtomicU64::new(0),
+                error_kinds: std::sync::Mutex::default(),
                 errors_announced: AtomicU64::new(0),
                 reset_lock: tokio::sync::Mutex::new(()),
                 resets: tokio::sync::watch::Sender::new(0),
@@ -174,8 +180,25 @@ pub async fn run(
         tracing::info!(card = %c.name, index = c.index, backend = %c.backend,
             capacity = c.card.identity().capacity(), "card online");
     }
-    let daemon = Arc::new(Daemon::new(config, cards, Arc::new(Metrics::default())));
+    let endpoint = match config.metrics.socket_address() {
+        Some(address) => Some(Endpoint::bind(address).await?),
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new(endpoint.is_some()));
+    let mut codecs: Vec<&'static str> = cards
+        .iter()
+        .flat_map(|c| c.card.identity().codecs.iter().map(|c| c.as_str()))
+        .collect();
+    codecs.sort_unstable();
+    codecs.dedup();
+    metrics.prepare(codecs, &dbus::error::VpudError::KINDS);
+    let daemon = Arc::new(Daemon::new(config, cards, metrics));
     daemon.spare_channels.fill();
+    let metrics_address = endpoint.as_ref().map(Endpoint::address);
+    let exporter = endpoint.map(|e| {
+        tracing::info!(address = %e.address(), "metrics served at http://{}/metrics", e.address());
+        tokio::spawn(e.serve(exposition::registry(&daemon)))
+    });
 
     let (builder, address, _private) = match &opts.bus {
         BusChoice::System => (
@@ -247,6 +270,7 @@ pub async fn run(
         let _ = tx.send(Ready {
             address: address.clone(),
             daemon: Arc::clone(&daemon),
+            metrics: metrics_address,
         });
     }
     let monitor = tokio::spawn(health::monitor(Arc::clone(&daemon)));
@@ -275,6 +299,9 @@ pub async fn run(
     daemon.shutting_down.store(true, Ordering::Release);
     monitor.abort();
     trimmer.abort();
+    if let Some(e) = &exporter {
+        e.abort();
+    }
     let sessions = daemon.all_sessions();
     for s in &sessions {
         s.request_close(Some(ErrorCode::Shutdown), "the daemon is stopping");
@@ -309,6 +336,7 @@ fn card_path(index: usize) -> OwnedObjectPath {
 pub struct Embedded {
     bus: PrivateBus,
     daemon: Arc<Daemon>,
+    metrics: Option<std::net::SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), ServiceError>>>,
 }
@@ -342,6 +370,7 @@ impl Embedded {
         Ok(Embedded {
             bus,
             daemon: ready.daemon,
+            metrics: ready.metrics,
             stop: Some(stop_tx),
             task: Some(task),
         })
@@ -355,6 +384,11 @@ impl Embedded {
     /// The daemon's state: cards (with their emulators), sessions, metrics.
     pub fn daemon(&self) -> &Arc<Daemon> {
         &self.daemon
+    }
+
+    /// Where the Prometheus endpoint listens, if the configuration enabled it.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.metrics
     }
 
     /// Stops the daemon (sessions closed, cards shut down) and waits for it.

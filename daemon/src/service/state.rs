@@ -45,6 +45,8 @@ pub struct CardEntry {
     /// failed resets). `Card.Errors` adds the anomalies the transport recovered from by
     /// itself: see [`CardEntry::errors_total`].
     pub errors: AtomicU64,
+    /// `errors` by kind (`fault`, `encode`, `create-session`, `reset`), for the metrics.
+    pub error_kinds: Mutex<BTreeMap<&'static str, u64>>,
     /// The `Card.Errors` value last announced with `PropertiesChanged`.
     pub errors_announced: AtomicU64,
     /// Serialises resets.
@@ -59,6 +61,22 @@ impl CardEntry {
     /// The number of resets the card has finished ([`CardEntry::resets`]).
     pub fn reset_epoch(&self) -> u64 {
         *self.resets.borrow()
+    }
+
+    /// Counts an error the daemon met on the card, of `kind` (`fault`: a device fault it
+    /// reacted to; `encode`: a failed encode; `create-session`: a device fault creating a
+    /// session; `reset`: a failed reset).
+    pub fn count_error(&self, kind: &'static str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.error_kinds).entry(kind).or_insert(0) += 1;
+    }
+
+    /// The errors counted with [`CardEntry::count_error`], per kind.
+    pub fn error_counts(&self) -> Vec<(&'static str, u64)> {
+        lock(&self.error_kinds)
+            .iter()
+            .map(|(k, n)| (*k, *n))
+            .collect()
     }
 
     /// `Card.Errors`: the errors the daemon met ([`CardEntry::errors`]) plus what the

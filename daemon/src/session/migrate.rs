@@ -11,7 +11,6 @@ use vpu_driver::card::{SessionConfig, SessionId};
 use super::buffers::Buffers;
 use super::worker::{Ending, InFlight, Worker};
 use crate::channel::proto::{ErrorCode, FrameRef, FRAME_FORCE_KEYFRAME};
-use crate::metrics::Metrics;
 use crate::scheduler::{CardState, Demand};
 use crate::service::changes::Change;
 use crate::service::state::{lock, CardEntry, Control};
@@ -158,7 +157,8 @@ impl Worker {
             self.submit(buffers, inflight, frame, true)
                 .map_err(|m| failed(format!("resubmitting: {m}")))?;
         }
-        Metrics::add(&self.daemon.metrics.sessions_migrated, 1);
+        let codec = lock(&self.entry.config).codec.as_str();
+        self.daemon.metrics.session_migrated(codec);
         if same_card {
             tracing::warn!(card = %to.name, resubmitted = inflight.len(), "session back on its card after the reset");
         } else {

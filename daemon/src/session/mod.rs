@@ -17,7 +17,6 @@ use zbus::OwnedObjectPath;
 
 use crate::channel::proto::{ErrorCode, Hello, MAX_BUFFERS, MAX_RECORD_LEN, VERSION};
 use crate::channel::socket::SocketError;
-use crate::metrics::Metrics;
 use crate::scheduler::SchedError;
 use crate::service::changes::Change;
 use crate::service::state::{lock, Daemon, Refused, SessionCounters, SessionEntry, ROOT_PATH};
@@ -130,6 +129,7 @@ pub async fn create(
         })?),
     };
     let cfg = req.card_config();
+    let codec = cfg.codec.as_str();
     let demand = req.demand();
     let id = daemon.next_session_id();
     let mut exclude = Vec::new();
@@ -143,8 +143,9 @@ pub async fn create(
             Ok(sid) => break (placement, sid, epoch),
             Err(e) => {
                 lock(&daemon.sched).release(id);
-                card.errors
-                    .fetch_add(u64::from(e.is_device_fault()), Ordering::Relaxed);
+                if e.is_device_fault() {
+                    card.count_error("create-session");
+                }
                 let no_engine = e.vendor_status() == Some(VendorStatus::NoCapacity);
                 if no_engine && pinned.is_none() {
                     tracing::info!(card = %card.name, session = id, "card has no engine for the session; trying another");
@@ -230,7 +231,7 @@ pub async fn create(
             });
         }
     }
-    Metrics::add(&daemon.metrics.sessions_created, 1);
+    let metrics = daemon.metrics.session_created(codec);
     let worker = worker::Worker {
         daemon: Arc::clone(daemon),
         entry: Arc::clone(&entry),
@@ -240,6 +241,7 @@ pub async fn create(
         hello,
         control_rx,
         pending_migrate: None,
+        metrics,
     };
     Ok(Created {
         entry,
@@ -312,7 +314,8 @@ fn retire_books(daemon: &Arc<Daemon>, entry: &Arc<SessionEntry>) -> Option<Optio
     }
     let placement = lock(&daemon.sched).release(entry.id);
     lock(&daemon.sessions).remove(&entry.id);
-    Metrics::add(&daemon.metrics.sessions_closed, 1);
+    let codec = lock(&entry.config).codec.as_str();
+    daemon.metrics.session_closed(codec);
     Some(placement.map(|p| p.card))
 }
 

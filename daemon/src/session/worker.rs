@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::mpsc;
@@ -21,7 +21,7 @@ use crate::channel::proto::{
     WirePacket, MAX_RECORD_LEN,
 };
 use crate::channel::socket::SeqPacket;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SessionMetrics};
 use crate::scheduler::CardState;
 use crate::service::changes::Change;
 use crate::service::state::{CardEntry, CloseRequest, Control, Daemon, SessionEntry};
@@ -94,6 +94,8 @@ pub struct Worker {
     pub control_rx: mpsc::UnboundedReceiver<Control>,
     /// A migration asked for while a record was being sent.
     pub pending_migrate: Option<String>,
+    /// The per-codec counters and latency histogram this session updates.
+    pub metrics: SessionMetrics,
 }
 
 /// Frames sent to the card, in order, with their encodes.
@@ -101,6 +103,9 @@ pub struct Worker {
 pub(super) struct InFlight {
     pub(super) encodes: FuturesOrdered<Encode>,
     pub(super) frames: VecDeque<FrameRef>,
+    /// When each frame of `frames` first arrived (if frames are timed). A migration
+    /// resubmits `frames` but leaves these: latency counts from the first arrival.
+    pub(super) arrived: VecDeque<Option<Instant>>,
 }
 
 impl std::fmt::Debug for InFlight {
@@ -209,9 +214,11 @@ impl Worker {
                     None => return Ending::from_request(None),
                 },
                 Some((buffer_id, pts, result)) = inflight.encodes.next(), if !inflight.is_empty() => {
-                    match self.complete(buffer_id, pts, result).await {
+                    let arrived = inflight.arrived.front().copied().flatten();
+                    match self.complete(buffer_id, pts, arrived, result).await {
                         Ok(()) => {
                             inflight.frames.pop_front();
+                            inflight.arrived.pop_front();
                             buffers.release(buffer_id);
                         }
                         Err(Flow::End(end)) => return end,
@@ -325,7 +332,8 @@ impl Worker {
         });
         if !resubmit {
             Metrics::add(&self.entry.counters.frames_in, 1);
-            Metrics::add(&self.daemon.metrics.frames_in, 1);
+            let arrived = self.metrics.frame_in(&self.daemon.metrics);
+            inflight.arrived.push_back(arrived);
         }
         inflight.frames.push_back(frame);
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -351,6 +359,7 @@ impl Worker {
         &mut self,
         buffer_id: u32,
         pts: u64,
+        arrived: Option<Instant>,
         result: Result<Packet, CardError>,
     ) -> Result<(), Flow> {
         let packet = match result {
@@ -369,7 +378,7 @@ impl Worker {
                         self.card.name
                     )));
                 }
-                self.card.errors.fetch_add(1, Ordering::Relaxed);
+                self.card.count_error("encode");
                 self.daemon.metrics.error("card.encode");
                 self.daemon.changes.push(Change::CardErrors {
                     card: self.card.index,
@@ -388,8 +397,7 @@ impl Worker {
         if packet.keyframe {
             Metrics::add(&c.keyframes, 1);
         }
-        Metrics::add(&self.daemon.metrics.packets_out, 1);
-        Metrics::add(&self.daemon.metrics.bytes_out, packet.data.len() as u64);
+        let bytes = packet.data.len() as u64;
         let wire = WirePacket {
             pts: packet.pts,
             keyframe: packet.keyframe,
@@ -399,6 +407,8 @@ impl Worker {
         for chunk in packet_chunks(&wire) {
             self.send(&chunk).await?;
         }
+        self.metrics
+            .packet_out(&self.daemon.metrics, bytes, arrived);
         Ok(())
     }
 
