@@ -159,6 +159,7 @@ const INSTALLED: &[(&str, u32)] = &[
     ("usr/share/polkit-1/actions/org.vpud.Vpud1.policy", 0o644),
     ("usr/share/doc/vpud/vpud.toml.example", 0o644),
     ("usr/share/doc/vpud/operations.md", 0o644),
+    ("usr/share/doc/vpud/vpud-grafana.json", 0o644),
     ("etc/vpud/vpud.toml", 0o644),
 ];
 
