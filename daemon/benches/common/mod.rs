@@ -30,9 +30,15 @@ impl VpudProcess {
     /// Starts a private bus and `vpud --bus ADDRESS --emulate cards`; returns once vpud
     /// answers on the bus.
     pub async fn start(cards: u32) -> VpudProcess {
+        VpudProcess::start_with(cards, &[]).await
+    }
+
+    /// [`VpudProcess::start`] with more arguments for vpud (`--config FILE`, …).
+    pub async fn start_with(cards: u32, extra: &[&std::ffi::OsStr]) -> VpudProcess {
         let bus = PrivateBus::start().expect("a private dbus-daemon (package dbus)");
         let child = Command::new(env!("CARGO_BIN_EXE_vpud"))
             .args(["--bus", bus.address(), "--emulate", &cards.to_string()])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
