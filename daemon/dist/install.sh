@@ -71,7 +71,7 @@ for bin in vpud vpuctl; do
     [ -x "$from/$bin" ] || die "$from/$bin not found: build it with 'cargo build --release -p vpud -p vpuctl', or point --from at the directory holding it"
 done
 for file in vpud.service org.vpud.Vpud1.service org.vpud.Vpud1.conf org.vpud.Vpud1.xml \
-    org.vpud.Vpud1.policy vpud.sysusers vpud.toml ../../udev/70-vpud.rules \
+    org.vpud.Vpud1.policy vpud.sysusers vpud.toml vpud-grafana.json ../../udev/70-vpud.rules \
     ../../docs/operations.md; do
     [ -f "$here/$file" ] || die "$here/$file is missing: is this a complete source tree?"
 done
@@ -111,6 +111,7 @@ put 0644 "$here/vpud.sysusers" "$sysusersdir/vpud.conf"
 put 0644 "$workspace/udev/70-vpud.rules" "$udevrulesdir/70-vpud.rules"
 put 0644 "$here/vpud.toml" "$docdir/vpud.toml.example"
 put 0644 "$workspace/docs/operations.md" "$docdir/operations.md"
+put 0644 "$here/vpud-grafana.json" "$docdir/vpud-grafana.json"
 if [ -e "$destdir$sysconfdir/vpud/vpud.toml" ]; then
     echo "kept $destdir$sysconfdir/vpud/vpud.toml (example: $docdir/vpud.toml.example)"
 else
