@@ -478,3 +478,79 @@ async fn the_grafana_dashboard_asks_only_for_exposed_metrics() -> Result<()> {
     d.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_fault_shows_in_the_card_and_migration_metrics() -> Result<()> {
+    let mut c = config_with_metrics();
+    c.timeouts.command_ms = 500;
+    // No engine-log reads: the injected fault meets the session's own commands.
+    c.scheduler.load_sample_interval_ms = 60_000;
+    c.scheduler.measured_load_weight = 0.0;
+    let d = start(2, c).await?;
+    let addr = d.metrics_address().context("endpoint enabled")?;
+    let conn = vpu_tests::daemon::connect(&d).await?;
+    let vpud = client(&d).await?;
+    let mut s = vpud.create_session(&SessionParams::h264(W, H, 30)).await?;
+    let clip = synthetic_clip(W, H, 40);
+    encode(&mut s, &clip[..10], 0).await?;
+    let text = scrape(addr).await?;
+    ensure!(
+        value(&text, "vpud_card_sessions{card=\"emu0\"}")? == 1.0,
+        "{text}"
+    );
+    let opts: std::collections::HashMap<String, zbus::OwnedVariant> = Default::default();
+    conn.call_method(
+        Some(vpu_tests::daemon::BUS_NAME),
+        "/org/vpud/Vpud1/card/0",
+        Some("org.vpud.Vpud1.Emulator"),
+        "InjectFault",
+        &("fatal-status", opts),
+    )
+    .await?;
+    encode(&mut s, &clip[10..], 10).await?;
+    let t = Instant::now();
+    let text = loop {
+        let text = scrape(addr).await?;
+        let card_errors: u64 = vpu_tests::daemon::property(
+            &conn,
+            "/org/vpud/Vpud1/card/0",
+            vpu_tests::daemon::CARD,
+            "Errors",
+        )
+        .await?;
+        let exposed: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("vpud_card_errors_total{card=\"emu0\""))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum();
+        if sample(&text, "vpud_card_state{card=\"emu0\",state=\"online\"}") == Some(1.0)
+            && sample(&text, "vpud_card_resets_total{card=\"emu0\"}") >= Some(1.0)
+            && exposed == card_errors as f64
+        {
+            break text;
+        }
+        ensure!(
+            t.elapsed() < Duration::from_secs(10),
+            "Card.Errors {card_errors}, exposed {exposed}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    ensure!(value(&text, "vpud_sessions_migrated_total{codec=\"h264\"}")? == 1.0);
+    ensure!(
+        value(
+            &text,
+            "vpud_card_errors_total{card=\"emu0\",kind=\"fault\"}"
+        )? >= 1.0
+    );
+    ensure!(value(&text, "vpud_card_sessions{card=\"emu0\"}")? == 0.0);
+    ensure!(value(&text, "vpud_card_sessions{card=\"emu1\"}")? == 1.0);
+    ensure!(value(&text, "vpud_card_resets_total{card=\"emu1\"}")? == 0.0);
+    ensure!(value(&text, "vpud_errors_total{kind=\"card.fault\"}")? >= 1.0);
+    ensure!(value(&text, "vpud_frames_in_total{codec=\"h264\"}")? == 40.0);
+    ensure!(value(&text, "vpud_packets_out_total{codec=\"h264\"}")? == 40.0);
+    ensure!(value(&text, "vpud_encode_latency_seconds_count{codec=\"h264\"}")? == 40.0);
+    promtool_check(&text)?;
+    s.close().await?;
+    d.stop().await?;
+    Ok(())
+}
