@@ -11,6 +11,7 @@ use std::os::fd::OwnedFd;
 
 use super::error::{ClientError, Result};
 use super::pool::FramePool;
+use super::split::{self, FrameSender, PacketReceiver};
 use vpud_proto::socket::{SeqPacket, SocketError};
 use vpud_proto::{
     ClientRecord, DaemonRecord, ErrorCode, FrameRef, Hello, PacketAssembler, WirePacket,
@@ -22,7 +23,7 @@ use vpud_proto::{
 pub type Packet = WirePacket;
 
 /// The buffer id of the frame pool (the session registers exactly one).
-const POOL_BUFFER: u32 = 0;
+pub(crate) const POOL_BUFFER: u32 = 0;
 
 /// Counters of one data channel as the client saw them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -277,6 +278,27 @@ impl DataChannel {
         Ok(out)
     }
 
+    /// Splits the channel into a sending half and a receiving half that may be driven from
+    /// different tasks or threads at once: one thread submits frames while another reads
+    /// packets and pushes them on (what a media framework's encoder element does). Frames
+    /// already in flight and packets already received carry over.
+    pub fn split(self) -> (FrameSender, PacketReceiver) {
+        split::split(split::Parts {
+            name: self.name,
+            channel: self.channel,
+            hello: self.hello,
+            pool: self.pool,
+            free: self.free,
+            in_flight: self.in_flight,
+            recv_buf: self.recv_buf,
+            assembler: self.assembler,
+            packets: self.packets,
+            eos_sent: self.eos_sent,
+            eos_acked: self.eos_acked,
+            counters: self.counters,
+        })
+    }
+
     /// The session's object path this channel belongs to.
     pub fn name(&self) -> &str {
         &self.name
@@ -357,7 +379,11 @@ impl DataChannel {
     }
 }
 
-async fn recv_record(channel: &SeqPacket, buf: &mut [u8], name: &str) -> Result<DaemonRecord> {
+pub(crate) async fn recv_record(
+    channel: &SeqPacket,
+    buf: &mut [u8],
+    name: &str,
+) -> Result<DaemonRecord> {
     let got = match channel.recv(buf).await {
         Ok(got) => got,
         // When the daemon closes its end while records of ours sit unread in it, the
@@ -392,7 +418,7 @@ async fn recv_record(channel: &SeqPacket, buf: &mut [u8], name: &str) -> Result<
     })
 }
 
-fn session_failed(name: &str, code: u32, message: String) -> ClientError {
+pub(crate) fn session_failed(name: &str, code: u32, message: String) -> ClientError {
     let code_name = ErrorCode::from_u32(code).map_or("unknown", ErrorCode::as_str);
     ClientError::SessionFailed {
         session: name.to_string(),
@@ -401,7 +427,7 @@ fn session_failed(name: &str, code: u32, message: String) -> ClientError {
     }
 }
 
-fn io_error(name: &str, op: &'static str, e: SocketError) -> ClientError {
+pub(crate) fn io_error(name: &str, op: &'static str, e: SocketError) -> ClientError {
     ClientError::ChannelIo {
         session: name.to_string(),
         op,

@@ -82,6 +82,13 @@ pub enum ClientError {
     /// The data channel was closed by the daemon.
     #[error("session {session}: data channel closed by the daemon")]
     ChannelClosed { session: String },
+    /// The other half of a split channel ended (the daemon closed the channel or
+    /// reported an error, or the receiving half was dropped): nothing more can be sent.
+    #[error("session {session}: the data channel ended: {reason}")]
+    ChannelEnded { session: String, reason: String },
+    /// A buffer id or byte range given for a frame by reference was not acceptable.
+    #[error("session {session}: {what}")]
+    FrameRef { session: String, what: String },
     /// A frame handed to `send_frame` had the wrong size.
     #[error("session {session}: frame of {got} bytes, the session takes {expected}")]
     FrameSize {

@@ -19,6 +19,7 @@ mod params;
 mod pool;
 pub mod proxy;
 mod session;
+mod split;
 
 pub use channel::{DataChannel, FrameSlot, Packet, SessionCounters};
 pub use connect::{BusTarget, BUS_ENV};
@@ -27,3 +28,4 @@ pub use manager::{CardInfo, Client, FaultOptions, ManagerInfo, SessionInfo};
 pub use params::{reservation_from_env, SessionParams, RESERVATION_ENV};
 pub use pool::FramePool;
 pub use session::Session;
+pub use split::{ChannelEvent, FrameSender, PacketReceiver, SenderSlot};

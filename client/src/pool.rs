@@ -110,6 +110,19 @@ impl FramePool {
         slot * self.slot_len
     }
 
+    /// Length of a slot: the frame rounded up to whole pages.
+    pub fn slot_len(&self) -> usize {
+        self.slot_len
+    }
+
+    /// Start of the mapping in this process, for code that hands slots out itself (a media
+    /// framework's buffer pool, say) and tells its frames apart by address. Writing through
+    /// it is the caller's responsibility: a slot must not be written while a frame in it is
+    /// in flight.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
     /// The frame bytes of slot `slot`, for writing. The caller must only ask for a slot no
     /// frame in flight uses (the session tracks that).
     pub fn slot_mut(&mut self, slot: usize) -> Option<&mut [u8]> {

@@ -46,6 +46,12 @@ impl Session {
         &self.proxy
     }
 
+    /// Takes the session apart: its object path, its D-Bus proxy and its data channel (to
+    /// [`DataChannel::split`] it, say). Dropping the channel still ends the session.
+    pub fn into_parts(self) -> (OwnedObjectPath, SessionProxy<'static>, DataChannel) {
+        (self.path, self.proxy, self.channel)
+    }
+
     /// Closes the session over D-Bus (`Session.Close`) and drops the channel. A session
     /// the daemon already ended is not an error.
     pub async fn close(self) -> Result<()> {
