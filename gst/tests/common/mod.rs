@@ -191,9 +191,11 @@ pub fn profile_dir() -> PathBuf {
 /// `GST_PLUGIN_PATH`: the target directory itself holds many unrelated shared objects.
 pub fn plugin_dir(tmp: &Path) -> PathBuf {
     let profile = profile_dir();
+    // `cargo test` rebuilds the library in deps/ and leaves target/PROFILE/ to `cargo
+    // build`, so deps/ holds this build's plugin and the other may be stale.
     let lib = [
-        profile.join("libgstvpud.so"),
         profile.join("deps/libgstvpud.so"),
+        profile.join("libgstvpud.so"),
     ]
     .into_iter()
     .find(|p| p.exists())
