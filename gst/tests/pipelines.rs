@@ -291,3 +291,51 @@ fn end_of_stream_with_frames_in_flight_loses_none() {
     let pts: Vec<_> = seen.iter().map(|o| o.pts.unwrap()).collect();
     assert!(pts.windows(2).all(|w| w[0] < w[1]), "{pts:?}");
 }
+
+/// Flushing seeks mid-stream: the element drops its session and opens a new one at the
+/// next frame; output resumes from the seek position, and end of stream still drains.
+#[test]
+fn flushing_seeks_resume_encoding() {
+    init();
+    let daemon = Daemon::start(1);
+    let p = pipeline(&format!(
+        "videotestsrc ! video/x-raw,width=320,height=240,framerate=30/1 \
+         ! vpuh264enc name=enc bus-address={} ! appsink name=sink sync=false",
+        daemon.address()
+    ));
+    let seen = collect(&p);
+    p.set_state(gst::State::Playing).unwrap();
+    common::wait_until("frames before the seeks", DEADLINE, || {
+        seen.lock().unwrap().len() >= 30
+    });
+    for to in [100u64, 10, 50] {
+        p.seek_simple(gst::SeekFlags::FLUSH, gst::ClockTime::from_seconds(to))
+            .unwrap();
+    }
+    let resumed = gst::ClockTime::from_seconds(50);
+    common::wait_until("frames after the last seek", DEADLINE, || {
+        let s = seen.lock().unwrap();
+        s.iter()
+            .filter(|o| {
+                o.pts
+                    .is_some_and(|t| t >= resumed && t < resumed + gst::ClockTime::SECOND)
+            })
+            .count()
+            >= 30
+    });
+    // The first frame after a seek is a keyframe (a new session starts with an IDR).
+    {
+        let s = seen.lock().unwrap();
+        let first = s
+            .iter()
+            .find(|o| o.pts == Some(resumed))
+            .expect("the seek target frame");
+        assert!(
+            !first.delta,
+            "the frame at the seek position is not a keyframe"
+        );
+    }
+    assert!(p.send_event(gst::event::Eos::new()));
+    common::wait_end(&p, DEADLINE).unwrap();
+    p.set_state(gst::State::Null).unwrap();
+}
