@@ -46,8 +46,8 @@ pub enum DemuxError {
     /// A pipe delivered samples out of file order.
     #[error("sample {index} lies before the previous one in the stream; a pipe needs samples in file order")]
     OutOfOrder { index: usize },
-    /// A sample's NAL length prefixes do not add up to the sample.
-    #[error("sample {index} is corrupt: its nal unit lengths overrun the sample")]
+    /// A sample's NAL length prefixes do not add up to the sample, or it has no NAL unit.
+    #[error("sample {index} is corrupt: its nal unit lengths overrun the sample or it has none")]
     CorruptSample { index: usize },
 }
 
@@ -112,8 +112,7 @@ impl<R: Read + Seek> Mp4Reader<R> {
                             "moov box of {len} bytes (at most {MAX_MOOV_LEN})"
                         )));
                     }
-                    let mut body = vec![0; len as usize];
-                    input.read_exact(&mut body).map_err(DemuxError::Read)?;
+                    let body = read_exactly(&mut input, len)?;
                     pos = body_start + len;
                     parsed = Some(parse_moov(&body)?);
                 }
@@ -180,8 +179,7 @@ impl<R: Read + Seek> Mp4Reader<R> {
             }
             self.pos = sample.offset;
         }
-        let mut data = vec![0; sample.size as usize];
-        self.input.read_exact(&mut data).map_err(DemuxError::Read)?;
+        let data = read_exactly(&mut self.input, u64::from(sample.size))?;
         self.pos += u64::from(sample.size);
         self.next += 1;
         let mut nals = Vec::new();
@@ -201,11 +199,14 @@ impl<R: Read + Seek> Mp4Reader<R> {
                 nals.push(nal);
             }
         }
+        if nals.is_empty() {
+            return Err(DemuxError::CorruptSample { index });
+        }
         let kind = |n: &&[u8]| n[0] & 0x1f;
-        let keyframe = nals.iter().any(|n| kind(n) == NAL_IDR);
+        let has_idr = nals.iter().any(|n| kind(n) == NAL_IDR);
         let has_sps = nals.iter().any(|n| kind(n) == NAL_SPS);
         let mut out = Vec::with_capacity(data.len() + 64);
-        if (keyframe || index == 0) && !has_sps {
+        if (has_idr || index == 0) && !has_sps {
             for ps in self.track.sps.iter().chain(&self.track.pps) {
                 out.extend_from_slice(&[0, 0, 0, 1]);
                 out.extend_from_slice(ps);
@@ -220,6 +221,8 @@ impl<R: Read + Seek> Mp4Reader<R> {
                 "sample {index} is larger than {MAX_ACCESS_UNIT_LEN} bytes"
             )));
         }
+        // As the card will split it: a corrupt NAL unit may hide a start code.
+        let keyframe = vpud_client::annexb::is_idr(&out);
         Ok(Some(AccessUnit {
             data: out,
             pts: sample.pts,
@@ -259,6 +262,19 @@ fn read_box_header(r: &mut impl Read) -> Result<Option<BoxHeader>, DemuxError> {
         2..=7 => Err(malformed(format!("box of {size} bytes"))),
         n => Ok(Some((kind, 8, Some(u64::from(n))))),
     }
+}
+
+/// Reads exactly `len` bytes; memory grows with the bytes that arrive, not with what a
+/// (possibly lying) size field announced.
+fn read_exactly(r: &mut impl Read, len: u64) -> Result<Vec<u8>, DemuxError> {
+    let mut out = Vec::with_capacity(len.min(1 << 20) as usize);
+    r.take(len)
+        .read_to_end(&mut out)
+        .map_err(DemuxError::Read)?;
+    if out.len() as u64 != len {
+        return Err(DemuxError::Read(io::ErrorKind::UnexpectedEof.into()));
+    }
+    Ok(out)
 }
 
 /// Skips `len` bytes: a seek for a file, reading them for a pipe.

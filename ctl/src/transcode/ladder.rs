@@ -152,10 +152,11 @@ pub fn resolve(
     for r in rungs {
         let (width, height, name) = match r.size {
             RungSize::Height(h) => {
-                let w = (u64::from(h) * u64::from(in_width) + u64::from(in_height) / 2)
-                    / u64::from(in_height.max(1));
-                // Round to even (4:2:0 chroma), never below the smallest size.
-                let w = (w.div_ceil(2) * 2).max(16) as u32;
+                // The nearest even width to h × in_width / in_height (4:2:0 chroma).
+                let w = (u64::from(h) * u64::from(in_width) + u64::from(in_height))
+                    / (2 * u64::from(in_height.max(1)))
+                    * 2;
+                let w = w.clamp(16, 8192) as u32;
                 (w, h, format!("{h}p"))
             }
             RungSize::Exact(w, h) => (w, h, format!("{w}x{h}")),
@@ -211,9 +212,11 @@ mod tests {
                 ("360p", 640, 360)
             ]
         );
-        // 4:3 input.
+        // 4:3 input; 240p of 640x360 is 426.7 wide: the nearest even width.
         let r = resolve(&parse_ladder("240p:300k").unwrap(), 640, 480).unwrap();
         assert_eq!((r[0].width, r[0].height), (320, 240));
+        let r = resolve(&parse_ladder("240p:300k").unwrap(), 640, 360).unwrap();
+        assert_eq!((r[0].width, r[0].height), (426, 240));
     }
 
     #[test]
