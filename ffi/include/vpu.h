@@ -180,6 +180,10 @@ struct vpu_cqe {
 #define VPU_SC_NO_CAPACITY 0x87u         /* no engine can take the session */
 #define VPU_SC_INVALID_PARAMS 0x88u      /* session parameters inconsistent */
 #define VPU_SC_INPUT_TOO_SMALL 0x89u     /* the frame is shorter than the session needs */
+#define VPU_SC_BITSTREAM_ERROR 0x8au     /* Decode Frame: the input could not be decoded */
+#define VPU_SC_NO_FRAME_MEMORY 0x8bu     /* card frame memory is full */
+#define VPU_SC_FRAME_NOT_FOUND 0x8cu     /* no card frame with that handle */
+#define VPU_SC_FRAME_MISMATCH 0x8du      /* card frame size differs from what the command needs */
 
 /* ---------------------------------------------------------------------------------
  * Admin command set, NVMe 1.4 section 5
@@ -202,6 +206,9 @@ struct vpu_cqe {
 #define VPU_ADMIN_CREATE_SESSION 0xc0u      /* PRP1: struct vpu_session_params; DW0: session id */
 #define VPU_ADMIN_DESTROY_SESSION 0xc1u     /* CDW10: session id */
 #define VPU_ADMIN_RECONFIGURE_SESSION 0xc2u /* CDW10: session id; CDW11-14 below */
+/* PRP1: struct vpu_decoder_params; DW0: session id of the decoder. Decoders share the
+ * session id space: Destroy Session destroys a decoder too. */
+#define VPU_ADMIN_CREATE_DECODER 0xc3u
 
 /* Create I/O Completion Queue: CDW10 = QID | (QSIZE-1) << 16; CDW11 = PC | IEN | IV << 16 */
 /* Create I/O Submission Queue: CDW10 = QID | (QSIZE-1) << 16; CDW11 = PC | QPRIO | CQID << 16 */
@@ -270,11 +277,53 @@ struct vpu_cqe {
 #define VPU_IO_FLUSH_SESSION 0x81u
 /* Nop: completes at once with success, for transport tests and benchmarks. */
 #define VPU_IO_NOP 0x82u
-/* Decode Frame: reserved for on-card transcoding; cards of version 1 reject it. */
+/*
+ * On-card transcoding. Decoded and scaled pictures live in the card's own frame memory
+ * and are named by frame handles; they never cross to the host. A picture is I420 with
+ * tight strides. Every handle a command returns must be released (Release Frame) once no
+ * longer needed; a controller reset frees them all.
+ *
+ * Decode Frame.
+ *   CDW10: decoder session id (Create Decoder)
+ *   CDW11: VPU_DECODE_* flags
+ *   CDW12: presentation timestamp, low 32 bits; CDW13: high 32 bits
+ *   CDW15: bytes of input (0 with VPU_DECODE_FLUSH)
+ *   PRP1/PRP2 (or PRP list): one access unit of the decoder's codec (H.264: Annex-B,
+ *       start codes included; parameter sets may precede the picture)
+ * Completion:
+ *   DW0: handle of the picture the decoder output, or VPU_FRAME_HANDLE_NONE when the
+ *        input yielded no picture yet (parameter sets alone; a reordering decoder
+ *        holding it). Pictures come out in display order.
+ *   DW1: width in bits 0-15, height in bits 16-31 of that picture
+ *   Status: SESSION_NOT_FOUND, BITSTREAM_ERROR (the session's decoder is unusable
+ *           afterwards), TOO_LARGE (picture over the decoder's maximum), NO_FRAME_MEMORY,
+ *           DATA_TRANSFER_ERROR, SESSION_ABORTED.
+ */
 #define VPU_IO_DECODE_FRAME 0x83u
+/*
+ * Scale Frame: a new picture in frame memory from an existing one.
+ *   CDW10: source frame handle
+ *   CDW11: destination width in bits 0-15, height in bits 16-31 (even, >= 16)
+ *   CDW12: VPU_SCALE_FILTER_*
+ * Completion DW0: handle of the new picture. The source stays valid.
+ *   Status: FRAME_NOT_FOUND, INVALID_FIELD, TOO_LARGE, NO_FRAME_MEMORY.
+ */
+#define VPU_IO_SCALE_FRAME 0x84u
+/* Release Frame: CDW10 frame handle. Status FRAME_NOT_FOUND for an unknown handle. */
+#define VPU_IO_RELEASE_FRAME 0x85u
+
+#define VPU_DECODE_FLUSH (1u << 0) /* no input: output the next picture the decoder holds */
+#define VPU_FRAME_HANDLE_NONE 0xffffffffu
+
+#define VPU_SCALE_FILTER_BILINEAR 0u
+#define VPU_SCALE_FILTER_BICUBIC 1u
+#define VPU_SCALE_FILTER_LANCZOS3 2u
 
 #define VPU_ENCODE_FORCE_IDR (1u << 0)
 #define VPU_ENCODE_END_OF_STREAM (1u << 1)
+/* Encode Frame from card frame memory: CDW15 is a frame handle (a picture of exactly the
+ * session's width and height, I420), PRP1/PRP2 are unused. The frame stays valid. */
+#define VPU_ENCODE_CARD_FRAME (1u << 2)
 
 #define VPU_FRAME_TYPE_MASK 0xffu
 #define VPU_FRAME_TYPE_SKIPPED 0x0u /* no picture was produced for this input */
@@ -342,6 +391,18 @@ struct vpu_session_params {
     uint32_t gop;         /* frames between IDRs; 0: only the first */
     uint16_t engine_hint; /* engine index, or VPU_ENGINE_ANY */
     uint8_t rsvd[18];
+} __attribute__((packed));
+
+/* Create Decoder's parameters, 32 bytes, pointed to by PRP1. */
+struct vpu_decoder_params {
+    uint8_t codec;        /* VPU_CODEC_* of the input */
+    uint8_t rsvd1;
+    uint16_t max_width;   /* largest picture the stream may carry; 0: the card's maximum */
+    uint16_t max_height;
+    uint16_t engine_hint; /* decode engine index, or VPU_ENGINE_ANY */
+    uint32_t fps_num;     /* input frame rate if known (pacing); 0: unknown */
+    uint32_t fps_den;
+    uint8_t rsvd[16];
 } __attribute__((packed));
 
 /* ---------------------------------------------------------------------------------
@@ -509,6 +570,7 @@ _Static_assert(sizeof(struct vpu_sqe) == 64, "vpu_sqe");
 _Static_assert(sizeof(struct vpu_cqe) == 16, "vpu_cqe");
 _Static_assert(sizeof(struct vpu_session_params) == 64, "vpu_session_params");
 _Static_assert(sizeof(struct vpu_engine_caps) == 32, "vpu_engine_caps");
+_Static_assert(sizeof(struct vpu_decoder_params) == 32, "vpu_decoder_params");
 _Static_assert(sizeof(struct vpu_identify_vpu) == 1024, "vpu_identify_vpu");
 _Static_assert(sizeof(struct vpu_identify_controller) == 4096, "vpu_identify_controller");
 _Static_assert(sizeof(struct vpu_identify_namespace) == 4096, "vpu_identify_namespace");

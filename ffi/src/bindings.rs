@@ -89,6 +89,10 @@ pub const VPU_SC_TOO_LARGE: u32 = 134;
 pub const VPU_SC_NO_CAPACITY: u32 = 135;
 pub const VPU_SC_INVALID_PARAMS: u32 = 136;
 pub const VPU_SC_INPUT_TOO_SMALL: u32 = 137;
+pub const VPU_SC_BITSTREAM_ERROR: u32 = 138;
+pub const VPU_SC_NO_FRAME_MEMORY: u32 = 139;
+pub const VPU_SC_FRAME_NOT_FOUND: u32 = 140;
+pub const VPU_SC_FRAME_MISMATCH: u32 = 141;
 pub const VPU_ADMIN_DELETE_SQ: u32 = 0;
 pub const VPU_ADMIN_CREATE_SQ: u32 = 1;
 pub const VPU_ADMIN_GET_LOG_PAGE: u32 = 2;
@@ -104,6 +108,7 @@ pub const VPU_ADMIN_FIRMWARE_DOWNLOAD: u32 = 17;
 pub const VPU_ADMIN_CREATE_SESSION: u32 = 192;
 pub const VPU_ADMIN_DESTROY_SESSION: u32 = 193;
 pub const VPU_ADMIN_RECONFIGURE_SESSION: u32 = 194;
+pub const VPU_ADMIN_CREATE_DECODER: u32 = 195;
 pub const VPU_QUEUE_QSIZE_SHIFT: u32 = 16;
 pub const VPU_QUEUE_PC: u32 = 1;
 pub const VPU_CQ_IEN: u32 = 2;
@@ -130,8 +135,16 @@ pub const VPU_IO_ENCODE_FRAME: u32 = 128;
 pub const VPU_IO_FLUSH_SESSION: u32 = 129;
 pub const VPU_IO_NOP: u32 = 130;
 pub const VPU_IO_DECODE_FRAME: u32 = 131;
+pub const VPU_IO_SCALE_FRAME: u32 = 132;
+pub const VPU_IO_RELEASE_FRAME: u32 = 133;
+pub const VPU_DECODE_FLUSH: u32 = 1;
+pub const VPU_FRAME_HANDLE_NONE: u32 = 4294967295;
+pub const VPU_SCALE_FILTER_BILINEAR: u32 = 0;
+pub const VPU_SCALE_FILTER_BICUBIC: u32 = 1;
+pub const VPU_SCALE_FILTER_LANCZOS3: u32 = 2;
 pub const VPU_ENCODE_FORCE_IDR: u32 = 1;
 pub const VPU_ENCODE_END_OF_STREAM: u32 = 2;
+pub const VPU_ENCODE_CARD_FRAME: u32 = 4;
 pub const VPU_FRAME_TYPE_MASK: u32 = 255;
 pub const VPU_FRAME_TYPE_SKIPPED: u32 = 0;
 pub const VPU_FRAME_TYPE_IDR: u32 = 1;
@@ -303,6 +316,39 @@ const _: () = {
         [::core::mem::offset_of!(vpu_session_params, engine_hint) - 44usize];
     ["Offset of field: vpu_session_params::rsvd"]
         [::core::mem::offset_of!(vpu_session_params, rsvd) - 46usize];
+};
+#[repr(C, packed)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct vpu_decoder_params {
+    pub codec: u8,
+    pub rsvd1: u8,
+    pub max_width: u16,
+    pub max_height: u16,
+    pub engine_hint: u16,
+    pub fps_num: u32,
+    pub fps_den: u32,
+    pub rsvd: [u8; 16usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of vpu_decoder_params"][::core::mem::size_of::<vpu_decoder_params>() - 32usize];
+    ["Alignment of vpu_decoder_params"][::core::mem::align_of::<vpu_decoder_params>() - 1usize];
+    ["Offset of field: vpu_decoder_params::codec"]
+        [::core::mem::offset_of!(vpu_decoder_params, codec) - 0usize];
+    ["Offset of field: vpu_decoder_params::rsvd1"]
+        [::core::mem::offset_of!(vpu_decoder_params, rsvd1) - 1usize];
+    ["Offset of field: vpu_decoder_params::max_width"]
+        [::core::mem::offset_of!(vpu_decoder_params, max_width) - 2usize];
+    ["Offset of field: vpu_decoder_params::max_height"]
+        [::core::mem::offset_of!(vpu_decoder_params, max_height) - 4usize];
+    ["Offset of field: vpu_decoder_params::engine_hint"]
+        [::core::mem::offset_of!(vpu_decoder_params, engine_hint) - 6usize];
+    ["Offset of field: vpu_decoder_params::fps_num"]
+        [::core::mem::offset_of!(vpu_decoder_params, fps_num) - 8usize];
+    ["Offset of field: vpu_decoder_params::fps_den"]
+        [::core::mem::offset_of!(vpu_decoder_params, fps_den) - 12usize];
+    ["Offset of field: vpu_decoder_params::rsvd"]
+        [::core::mem::offset_of!(vpu_decoder_params, rsvd) - 16usize];
 };
 #[repr(C, packed)]
 #[derive(Debug, Default, Copy, Clone)]

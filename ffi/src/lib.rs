@@ -48,6 +48,7 @@ pod!(
     vpu_sqe,
     vpu_cqe,
     vpu_session_params,
+    vpu_decoder_params,
     vpu_identify_controller,
     vpu_identify_namespace,
     vpu_engine_log,
