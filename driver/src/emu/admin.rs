@@ -84,6 +84,7 @@ pub(super) fn execute(
         VPU_ADMIN_CREATE_SESSION => create_session(shared, ctrl, sqe),
         VPU_ADMIN_DESTROY_SESSION => destroy_session(shared, ctrl, sqe),
         VPU_ADMIN_RECONFIGURE_SESSION => reconfigure(ctrl, sqe),
+        VPU_ADMIN_CREATE_DECODER => super::transcode::create_decoder(shared, ctrl, sqe),
         _ => Some(Done::err(Status::generic(VPU_SC_INVALID_OPCODE))),
     }
 }
@@ -118,7 +119,8 @@ fn identify(shared: &Shared, ctrl: &Ctrl, sqe: &vpu_sqe) -> Option<Done> {
         magic: IDENTIFY_MAGIC,
         version: VPU_INTERFACE_VERSION as u16,
         encode_engines: cfg.engines,
-        decode_engines: 0,
+        decode_engines: cfg.decode_engines,
+        scale_engines: cfg.scale_engines,
         capacity_per_engine: cfg.capacity_per_engine,
         codecs: 1 << VPU_CODEC_H264,
         max_width: cfg.max_width,
@@ -459,7 +461,8 @@ fn create_session(shared: &Shared, ctrl: &mut Ctrl, sqe: &vpu_sqe) -> Option<Don
 fn destroy_session(shared: &Shared, ctrl: &mut Ctrl, sqe: &vpu_sqe) -> Option<Done> {
     let id = sqe.cdw10;
     let Some(session) = ctrl.sessions.remove(&id) else {
-        return Some(Done::err(Status::vendor(VPU_SC_SESSION_NOT_FOUND)));
+        return super::transcode::destroy_decoder(shared, ctrl, id)
+            .or(Some(Done::err(Status::vendor(VPU_SC_SESSION_NOT_FOUND))));
     };
     session.destroyed.store(true, Ordering::Release);
     let engine = &shared.engines[usize::from(session.engine)];

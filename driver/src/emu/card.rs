@@ -67,6 +67,11 @@ impl EmulatedCard {
         let engines = (0..config.engines)
             .map(|i| Arc::new(Engine::new(i)))
             .collect();
+        let (decoders, scalers, frame_memory) = (
+            config.decode_engines,
+            config.scale_engines,
+            config.frame_memory,
+        );
         let shared = Arc::new(Shared {
             name: name.clone(),
             config,
@@ -74,6 +79,7 @@ impl EmulatedCard {
             ctrl: Mutex::new(Ctrl::new()),
             wake: Condvar::new(),
             engines,
+            xcode: super::transcode::Transcoding::new(decoders, scalers, frame_memory),
             irqs: RwLock::new(Vec::new()),
             pci: Mutex::new(PciConfig::new()),
             removed: AtomicBool::new(false),
@@ -110,6 +116,14 @@ impl EmulatedCard {
             )?;
             lock(&card.threads).push(handle);
         }
+        for e in shared.xcode.engines() {
+            let (s, e2) = (Arc::clone(&shared), Arc::clone(e));
+            let handle = spawn(
+                format!("{name}-{}{}", e.kind, e.index),
+                Box::new(move || super::transcode::run(s, e2)),
+            )?;
+            lock(&card.threads).push(handle);
+        }
         tracing::info!(card = %name, engines = shared.config.engines, "emulated card started");
         Ok(card)
     }
@@ -117,6 +131,11 @@ impl EmulatedCard {
     /// The fault kinds [`Fault::parse`] accepts.
     pub fn fault_kinds() -> &'static [&'static str] {
         Fault::kinds()
+    }
+
+    /// Pictures held in the card's frame memory now (decoded or scaled, not released).
+    pub fn frames_held(&self) -> usize {
+        self.shared.xcode.frames.count()
     }
 
     /// The card's configuration.
@@ -219,6 +238,7 @@ impl Drop for EmulatedCard {
         for e in &self.shared.engines {
             e.stop();
         }
+        self.shared.xcode.stop();
         for t in lock(&self.threads).drain(..) {
             if t.join().is_err() {
                 tracing::error!(card = %self.info.name, "a card thread panicked");

@@ -1,6 +1,9 @@
 //! Configuration of an emulated card: its identity, engines and declared capacity.
 
-use vpu_ffi::{VPU_H264_PROFILE_BIT_CONSTRAINED_BASELINE, VPU_LOAD_UNITS_PER_ENGINE};
+use vpu_ffi::{
+    VPU_H264_PROFILE_BIT_CONSTRAINED_BASELINE, VPU_H264_PROFILE_BIT_HIGH, VPU_H264_PROFILE_BIT_MAIN,
+    VPU_LOAD_UNITS_PER_ENGINE,
+};
 
 use super::EmuError;
 use crate::card::{Codec, EngineCaps, EngineKind};
@@ -31,6 +34,16 @@ pub struct EmuConfig {
     pub max_sessions_per_engine: u16,
     /// Encode Frame commands one session should have queued, as declared in Identify.
     pub max_frames_in_flight: u16,
+    /// Decode engines (H.264), each a worker thread (0..=16; 0: no transcoding).
+    pub decode_engines: u8,
+    /// Scaler engines, each a worker thread (0..=16; at least 1 with decode engines).
+    pub scale_engines: u8,
+    /// Luma samples per second one decode engine sustains, as declared in Identify.
+    pub decode_pixel_rate: u64,
+    /// Luma samples per second (of output) one scaler sustains, as declared in Identify.
+    pub scale_pixel_rate: u64,
+    /// Bytes of card frame memory for decoded and scaled pictures.
+    pub frame_memory: usize,
     /// Identify strings (ASCII; truncated to 20, 40 and 8 bytes).
     pub serial: String,
     pub model: String,
@@ -56,6 +69,11 @@ impl EmuConfig {
             max_height: ENCODER_MAX_SHORT_SIDE,
             max_sessions_per_engine: 16,
             max_frames_in_flight: 8,
+            decode_engines: 1,
+            scale_engines: 1,
+            decode_pixel_rate: 1920 * 1080 * 240,
+            scale_pixel_rate: 1920 * 1080 * 480,
+            frame_memory: 256 << 20,
             serial: format!("EMU{index:08}"),
             model: "VPU emulated H.264 encoder".to_string(),
             firmware: "emu-1.0".to_string(),
@@ -70,19 +88,43 @@ impl EmuConfig {
     /// The engine capability table the card reports in Identify: each engine encodes
     /// Constrained Baseline H.264 (what the software encoder produces).
     pub fn engine_caps(&self) -> Vec<EngineCaps> {
-        (0..self.engines)
-            .map(|engine| EngineCaps {
-                engine,
-                kind: EngineKind::Encode,
-                codec: Some(Codec::H264),
-                max_level: 0,
-                profiles: VPU_H264_PROFILE_BIT_CONSTRAINED_BASELINE,
-                max_width: self.max_width,
-                max_height: self.max_height,
-                capacity: self.capacity_per_engine,
-                pixel_rate: self.pixel_rate_per_engine,
-            })
-            .collect()
+        let encode = (0..self.engines).map(|engine| EngineCaps {
+            engine,
+            kind: EngineKind::Encode,
+            codec: Some(Codec::H264),
+            max_level: 0,
+            profiles: VPU_H264_PROFILE_BIT_CONSTRAINED_BASELINE,
+            max_width: self.max_width,
+            max_height: self.max_height,
+            capacity: self.capacity_per_engine,
+            pixel_rate: self.pixel_rate_per_engine,
+        });
+        // openh264's decoder takes Constrained Baseline, Main and High streams.
+        let decode = (0..self.decode_engines).map(|engine| EngineCaps {
+            engine,
+            kind: EngineKind::Decode,
+            codec: Some(Codec::H264),
+            max_level: 0,
+            profiles: VPU_H264_PROFILE_BIT_CONSTRAINED_BASELINE
+                | VPU_H264_PROFILE_BIT_MAIN
+                | VPU_H264_PROFILE_BIT_HIGH,
+            max_width: self.max_width,
+            max_height: self.max_height,
+            capacity: self.capacity_per_engine,
+            pixel_rate: self.decode_pixel_rate,
+        });
+        let scale = (0..self.scale_engines).map(|engine| EngineCaps {
+            engine,
+            kind: EngineKind::Scale,
+            codec: None,
+            max_level: 0,
+            profiles: 0,
+            max_width: self.max_width,
+            max_height: self.max_height,
+            capacity: self.capacity_per_engine,
+            pixel_rate: self.scale_pixel_rate,
+        });
+        encode.chain(decode).chain(scale).collect()
     }
 
     /// The synthetic PCI address the card reports.
@@ -124,6 +166,23 @@ impl EmuConfig {
                 "maximum picture {}x{} exceeds what the encoder supports ({}x{})",
                 self.max_width, self.max_height, ENCODER_MAX_LONG_SIDE, ENCODER_MAX_SHORT_SIDE
             ));
+        }
+        let max = vpu_ffi::VPU_MAX_ENGINES as u8;
+        if self.decode_engines > max || self.scale_engines > max {
+            return bad(format!(
+                "decode and scale engines must be 0..={max}, got {} and {}",
+                self.decode_engines, self.scale_engines
+            ));
+        }
+        if self.decode_engines > 0
+            && (self.scale_engines == 0
+                || self.decode_pixel_rate == 0
+                || self.scale_pixel_rate == 0
+                || self.frame_memory < 64 << 20)
+        {
+            return bad("a card with decode engines needs a scaler, non-zero decode and scale \
+                pixel rates and at least 64 MiB of frame memory"
+                .into());
         }
         let caps = self.engine_caps().len();
         if caps > vpu_ffi::VPU_MAX_ENGINE_CAPS as usize {

@@ -46,6 +46,8 @@ pub(super) struct Shared {
     /// Wakes the controller thread (doorbells, BME, reset, stop).
     pub wake: Condvar,
     pub engines: Vec<Arc<Engine>>,
+    /// Decode and scale engines, frame memory and decoder sessions.
+    pub xcode: super::transcode::Transcoding,
     pub irqs: RwLock<Vec<Arc<EventFd>>>,
     pub pci: Mutex<PciConfig>,
     pub removed: AtomicBool,

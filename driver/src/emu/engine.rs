@@ -14,7 +14,8 @@ use vpu_ffi::*;
 
 use super::controller::Shared;
 use super::lock;
-use super::prp::{HostSpan, Spans};
+use super::prp::HostSpan;
+use super::session::EncodeInput;
 use super::queues::{self, Done, Origin, Status};
 use super::session::{self, Session};
 
@@ -24,7 +25,7 @@ const BUCKETS: usize = 10;
 
 /// The data of an Encode Frame command.
 pub(super) struct EncodeJob {
-    pub input: Spans,
+    pub input: EncodeInput,
     pub output: HostSpan,
     pub force_idr: bool,
 }

@@ -9,6 +9,8 @@ use vpu_ffi::*;
 use super::controller::{Ctrl, Shared};
 use super::dma::Access;
 use super::engine::{EncodeJob, Job, JobKind};
+use super::session::EncodeInput;
+use super::transcode;
 use super::prp::{self, HostSpan, PrpError};
 use super::queues::{Done, Origin, Status};
 
@@ -34,7 +36,9 @@ pub(super) fn execute(
             });
             None
         }
-        // Decode Frame is reserved; version 1 cards reject it like any unknown opcode.
+        VPU_IO_DECODE_FRAME => transcode::decode(shared, ctrl, sqe, origin),
+        VPU_IO_SCALE_FRAME => transcode::scale(shared, sqe, origin),
+        VPU_IO_RELEASE_FRAME => transcode::release(shared, sqe),
         _ => Some(Done::err(Status::generic(VPU_SC_INVALID_OPCODE))),
     }
 }
@@ -51,7 +55,8 @@ fn encode(shared: &Shared, ctrl: &mut Ctrl, sqe: &vpu_sqe, origin: Origin) -> Op
         return Some(Done::err(Status::vendor(VPU_SC_SESSION_NOT_FOUND)));
     };
     let flags = sqe.cdw11;
-    if flags & !(VPU_ENCODE_FORCE_IDR | VPU_ENCODE_END_OF_STREAM) != 0 {
+    let known = VPU_ENCODE_FORCE_IDR | VPU_ENCODE_END_OF_STREAM | VPU_ENCODE_CARD_FRAME;
+    if flags & !known != 0 {
         return Some(Done::err(Status::generic(VPU_SC_INVALID_FIELD)));
     }
     let out_len = sqe.cdw14 as usize;
@@ -61,15 +66,25 @@ fn encode(shared: &Shared, ctrl: &mut Ctrl, sqe: &vpu_sqe, origin: Origin) -> Op
         session.counters.errors.fetch_add(1, Ordering::Relaxed);
         Some(Done::err(status))
     };
-    if in_len < needed {
+    let card_frame = flags & VPU_ENCODE_CARD_FRAME != 0;
+    if !card_frame && in_len < needed {
         return fail(Status::vendor(VPU_SC_INPUT_TOO_SMALL));
     }
     if out_len == 0 {
         return fail(Status::vendor(VPU_SC_OUTPUT_TOO_SMALL));
     }
     let page = ctrl.page_size();
+    let p = &session.params;
     // Only the bytes the session's layout needs are transferred.
-    let input = match prp::resolve(&shared.iova, sqe.prp1, sqe.prp2, needed, page, Access::Read) {
+    let input = match card_frame {
+        true => match transcode::encode_source(shared, sqe.cdw15, p.width, p.height) {
+            Ok(f) => Ok(EncodeInput::Card(f)),
+            Err(s) => return fail(s),
+        },
+        false => prp::resolve(&shared.iova, sqe.prp1, sqe.prp2, needed, page, Access::Read)
+            .map(EncodeInput::Host),
+    };
+    let input = match input {
         Ok(s) => s,
         Err(PrpError::InvalidOffset) => return fail(Status::generic(VPU_SC_INVALID_PRP_OFFSET)),
         Err(PrpError::Dma(f)) => {

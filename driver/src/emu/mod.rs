@@ -29,16 +29,20 @@ mod admin;
 mod card;
 mod config;
 mod controller;
+mod decode;
 mod dma;
 mod engine;
 mod fault;
+mod frames;
 mod io_cmd;
 mod params;
 mod pci;
 mod prp;
 mod queues;
 mod regs;
+mod scale;
 mod session;
+mod transcode;
 #[cfg(test)]
 mod tests;
 

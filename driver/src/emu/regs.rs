@@ -160,6 +160,7 @@ pub(super) fn reset(shared: &Shared, ctrl: &mut Ctrl) {
     for e in &shared.engines {
         e.reset();
     }
+    shared.xcode.reset();
     ctrl.queues_granted = None;
     ctrl.aers.clear();
     ctrl.events.clear();

@@ -15,6 +15,7 @@ use vpu_ffi::*;
 
 use super::lock;
 pub(super) use super::params::SessionParams;
+use super::frames::CardFrame;
 use super::prp::{HostSpan, Spans};
 use super::queues::Status;
 
@@ -87,6 +88,13 @@ pub(super) struct Encoded {
     pub bytes: u32,
     pub frame_type: u32,
     pub keyframe: bool,
+}
+
+/// Where Encode Frame's picture is: host memory (PRPs) or card frame memory.
+pub(super) enum EncodeInput {
+    Host(Spans),
+    /// A decoded or scaled picture of the session's size (`VPU_ENCODE_CARD_FRAME`).
+    Card(std::sync::Arc<CardFrame>),
 }
 
 /// An input frame as the encoder sees it: planes in host memory, with strides.
@@ -242,7 +250,7 @@ impl Session {
     /// decodable. The bitstream is written only while `may_write` grants it.
     pub fn encode<G>(
         &self,
-        input: &Spans,
+        input: &EncodeInput,
         output: &HostSpan,
         force_idr: bool,
         may_write: impl FnOnce() -> Option<G>,
@@ -264,7 +272,8 @@ impl Session {
         } = &mut *guard;
         let dma = Status::generic(VPU_SC_DATA_TRANSFER_ERROR);
         let frame: &[u8] = match input {
-            Spans::One(s) => {
+            EncodeInput::Card(f) => &f.data,
+            EncodeInput::Host(Spans::One(s)) => {
                 if s.len < frame_len
                     || s.offset
                         .checked_add(frame_len)
@@ -281,7 +290,7 @@ impl Session {
                 // (the NVMe data-buffer rule); the encoder only reads.
                 unsafe { std::slice::from_raw_parts(base, frame_len) }
             }
-            Spans::Many(spans) => {
+            EncodeInput::Host(Spans::Many(spans)) => {
                 gather.resize(frame_len, 0);
                 let mut pos = 0;
                 for s in spans {
@@ -301,10 +310,20 @@ impl Session {
             }
         };
         let (w, h) = (p.width, p.height);
-        let luma_len = p.stride_y * h;
-        let chroma_len = p.stride_uv * (h / 2);
+        let card = matches!(input, EncodeInput::Card(_));
+        // Card frames are I420 with tight strides, whatever the session's host layout.
+        let (stride_y, stride_uv) = if card {
+            (w, w / 2)
+        } else {
+            (p.stride_y, p.stride_uv)
+        };
+        let luma_len = stride_y * h;
+        let chroma_len = stride_uv * (h / 2);
+        if frame.len() < luma_len + 2 * chroma_len {
+            return Err(Status::vendor(VPU_SC_INPUT_TOO_SMALL));
+        }
         let y = &frame[..luma_len];
-        let planes = if p.nv12 {
+        let planes = if p.nv12 && !card {
             let cw = w / 2;
             let plane = cw * (h / 2);
             chroma.resize(plane * 2, 0);
@@ -336,8 +355,8 @@ impl Session {
                 y,
                 u: &frame[luma_len..luma_len + chroma_len],
                 v: &frame[luma_len + chroma_len..luma_len + 2 * chroma_len],
-                stride_y: p.stride_y,
-                stride_uv: p.stride_uv,
+                stride_y,
+                stride_uv,
             }
         };
         if force_idr || forced || *idr_next {

@@ -38,8 +38,17 @@ fn identify_returns_the_vpu_block() {
     );
     assert_eq!({ vpu.max_width }, 3840);
     assert_eq!({ vpu.pixel_rate_per_engine }, 1280 * 720 * 240);
-    // The engine table: one H.264 encode entry per engine, as the legacy fields say.
-    assert_eq!(vpu.engine_caps_count, 3);
+    // The engine table: one H.264 encode entry per engine, as the legacy fields say, then
+    // the decoder and the scaler.
+    assert_eq!(vpu.engine_caps_count, 5);
+    assert_eq!((vpu.decode_engines, vpu.scale_engines), (1, 1));
+    assert_eq!(
+        (caps_kind(&vpu, 3), caps_kind(&vpu, 4)),
+        (
+            (VPU_ENGINE_KIND_DECODE as u8, VPU_CODEC_H264 as u8),
+            (VPU_ENGINE_KIND_SCALE as u8, VPU_CODEC_NONE as u8)
+        )
+    );
     let caps = vpu.engine_caps;
     for (i, e) in caps.iter().take(3).enumerate() {
         assert_eq!(
@@ -424,4 +433,10 @@ fn log_pages_honour_numd() {
         status(&host.admin(c)),
         (VPU_SCT_GENERIC, VPU_SC_INVALID_FIELD)
     );
+}
+
+/// Kind and codec of entry `i` of the engine table.
+fn caps_kind(vpu: &vpu_identify_vpu, i: usize) -> (u8, u8) {
+    let caps = vpu.engine_caps;
+    (caps[i].kind, caps[i].codec)
 }
