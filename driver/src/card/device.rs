@@ -1,6 +1,6 @@
 //! [`Card`]: a VPU card opened over the NVMe transport, its sessions and commands.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -93,6 +93,8 @@ pub struct Card {
     pub(super) identity: CardIdentity,
     pub(super) opts: CardOptions,
     pub(super) sessions: Mutex<HashMap<u32, Arc<SessionState>>>,
+    /// Decoder sessions (their ids share the card's session id space).
+    pub(super) decoders: Mutex<HashSet<u32>>,
     pub(super) inputs: BufferPool,
     pub(super) outputs: BufferPool,
     /// Data buffers of admin commands (session parameters): mapped once, not per session.
@@ -139,6 +141,7 @@ impl Card {
             identity,
             opts,
             sessions: Mutex::new(HashMap::new()),
+            decoders: Mutex::new(HashSet::new()),
             metrics: CardMetrics::default(),
             next_queue: AtomicUsize::new(0),
         });
@@ -362,6 +365,7 @@ impl Card {
     pub async fn reset(&self) -> Result<(), CardError> {
         let result = self.controller.reset().await;
         lock(&self.sessions).clear();
+        lock(&self.decoders).clear();
         self.inputs.clear();
         self.outputs.clear();
         self.admin_data.clear();
@@ -375,6 +379,7 @@ impl Card {
     pub async fn shutdown(&self) -> Result<(), CardError> {
         let result = self.controller.shutdown().await;
         lock(&self.sessions).clear();
+        lock(&self.decoders).clear();
         // Nothing stays mapped for a card that is shut down.
         self.inputs.clear();
         self.outputs.clear();

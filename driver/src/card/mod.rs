@@ -8,7 +8,8 @@
 //! - `encode`: Encode Frame, output buffers, checks on the card's answer;
 //! - `logs`: engine and session log pages;
 //! - `params`: the Create Session parameter block;
-//! - `pool`: reusable DMA buffers for copied frames and bitstream output.
+//! - `pool`: reusable DMA buffers for copied frames and bitstream output;
+//! - `transcode`: decoders, scaling and encoding from the card's frame memory.
 
 mod device;
 mod encode;
@@ -20,6 +21,7 @@ mod identity;
 mod logs;
 mod params;
 mod pool;
+mod transcode;
 mod types;
 
 pub use crate::nvme::VendorStatus;
@@ -27,6 +29,7 @@ pub use device::{Card, CardMetrics, CardMetricsSnapshot};
 pub use engines::{baseline_profiles, EngineCaps, EngineKind};
 pub use error::CardError;
 pub use identity::CardIdentity;
+pub use transcode::{CardFrame, DecoderConfig, ScaleFilter, MAX_ACCESS_UNIT};
 pub use types::{
     CardOptions, Codec, EngineStats, FrameInput, FrameType, Packet, PixelFormat, RateControl,
     Reconfigure, SessionConfig, SessionId, SessionStats,

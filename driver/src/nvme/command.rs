@@ -6,7 +6,8 @@ use std::mem::offset_of;
 use vpu_ffi::{
     vpu_cqe, vpu_sqe, VPU_CQE_DNR, VPU_CQE_SCT_MASK, VPU_CQE_SCT_SHIFT, VPU_CQE_SC_MASK,
     VPU_CQE_SC_SHIFT, VPU_CQE_SIZE, VPU_SCT_COMMAND_SPECIFIC, VPU_SCT_GENERIC, VPU_SCT_MEDIA,
-    VPU_SCT_VENDOR, VPU_SC_ENGINE_FAULT, VPU_SC_INPUT_TOO_SMALL, VPU_SC_INVALID_PARAMS,
+    VPU_SCT_VENDOR, VPU_SC_BITSTREAM_ERROR, VPU_SC_ENGINE_FAULT, VPU_SC_FRAME_MISMATCH,
+    VPU_SC_FRAME_NOT_FOUND, VPU_SC_NO_FRAME_MEMORY, VPU_SC_INPUT_TOO_SMALL, VPU_SC_INVALID_PARAMS,
     VPU_SC_NO_CAPACITY, VPU_SC_OUTPUT_TOO_SMALL, VPU_SC_SESSION_ABORTED, VPU_SC_SESSION_NOT_FOUND,
     VPU_SC_SUCCESS, VPU_SC_TOO_LARGE, VPU_SC_UNSUPPORTED_CODEC, VPU_SC_UNSUPPORTED_FORMAT,
     VPU_SQE_SIZE,
@@ -181,6 +182,14 @@ pub enum VendorStatus {
     NoCapacity,
     InvalidParams,
     InputTooSmall,
+    /// Decode Frame: the input bitstream could not be decoded.
+    BitstreamError,
+    /// Card frame memory is full.
+    NoFrameMemory,
+    /// No card frame with that handle.
+    FrameNotFound,
+    /// A card frame's size differs from what the command needs.
+    FrameMismatch,
     /// A vendor code this driver does not know.
     Unknown(u8),
 }
@@ -198,6 +207,10 @@ impl VendorStatus {
             VPU_SC_NO_CAPACITY => VendorStatus::NoCapacity,
             VPU_SC_INVALID_PARAMS => VendorStatus::InvalidParams,
             VPU_SC_INPUT_TOO_SMALL => VendorStatus::InputTooSmall,
+            VPU_SC_BITSTREAM_ERROR => VendorStatus::BitstreamError,
+            VPU_SC_NO_FRAME_MEMORY => VendorStatus::NoFrameMemory,
+            VPU_SC_FRAME_NOT_FOUND => VendorStatus::FrameNotFound,
+            VPU_SC_FRAME_MISMATCH => VendorStatus::FrameMismatch,
             _ => VendorStatus::Unknown(sc),
         }
     }
@@ -215,6 +228,10 @@ impl VendorStatus {
             VendorStatus::NoCapacity => "no engine capacity",
             VendorStatus::InvalidParams => "invalid session parameters",
             VendorStatus::InputTooSmall => "input frame too small",
+            VendorStatus::BitstreamError => "bitstream error",
+            VendorStatus::NoFrameMemory => "card frame memory full",
+            VendorStatus::FrameNotFound => "card frame not found",
+            VendorStatus::FrameMismatch => "card frame size mismatch",
             VendorStatus::Unknown(_) => "unknown vendor status",
         }
     }
