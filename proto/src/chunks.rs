@@ -18,6 +18,7 @@ pub fn packet_chunks(packet: &WirePacket) -> impl Iterator<Item = DaemonRecord> 
         }
         DaemonRecord::Packet(PacketChunk {
             pts: packet.pts,
+            rendition: packet.rendition,
             total_len,
             frame_type: packet.frame_type,
             flags,
@@ -47,11 +48,18 @@ impl PacketAssembler {
                     got: chunk.pts,
                 })
             }
+            Some(p) if p.rendition != chunk.rendition => {
+                return Err(ProtoError::RenditionMismatch {
+                    expected: p.rendition,
+                    got: chunk.rendition,
+                })
+            }
             Some(p) => p,
             None => {
                 self.declared = chunk.total_len;
                 WirePacket {
                     pts: chunk.pts,
+                    rendition: chunk.rendition,
                     keyframe: chunk.flags & PACKET_KEYFRAME != 0,
                     frame_type: chunk.frame_type,
                     data: Vec::with_capacity(chunk.total_len as usize),

@@ -29,8 +29,12 @@ impl ClientRecord {
                 out.extend_from_slice(&buffer_id.to_le_bytes());
                 out.extend_from_slice(&0u32.to_le_bytes());
             }
-            ClientRecord::Frame(f) => {
-                header(&mut out, kind::FRAME, 32);
+            ClientRecord::Frame(f) | ClientRecord::AccessUnit(f) => {
+                let k = match self {
+                    ClientRecord::AccessUnit(_) => kind::ACCESS_UNIT,
+                    _ => kind::FRAME,
+                };
+                header(&mut out, k, 32);
                 out.extend_from_slice(&f.buffer_id.to_le_bytes());
                 out.extend_from_slice(&f.flags.to_le_bytes());
                 out.extend_from_slice(&f.offset.to_le_bytes());
@@ -97,6 +101,32 @@ impl ClientRecord {
                     pts,
                 }))
             }
+            kind::ACCESS_UNIT => {
+                let mut r = Reader::new("access-unit", body, 32)?;
+                let buffer_id = r.u32();
+                let flags = r.u32();
+                let offset = r.u64();
+                let length = r.u32();
+                r.reserved32("reserved")?;
+                let pts = r.u64();
+                if flags != 0 {
+                    return Err(ProtoError::UnknownFlags {
+                        kind: "access-unit",
+                        flags,
+                        accepted: 0,
+                    });
+                }
+                if length == 0 {
+                    return Err(out_of_range("access-unit", "length", 0, "non-zero"));
+                }
+                Ok(ClientRecord::AccessUnit(FrameRef {
+                    buffer_id,
+                    flags,
+                    offset,
+                    length,
+                    pts,
+                }))
+            }
             kind::END_OF_STREAM => {
                 Reader::new("end-of-stream", body, 0)?;
                 Ok(ClientRecord::EndOfStream)
@@ -124,7 +154,8 @@ impl DaemonRecord {
                 out.extend_from_slice(&h.width.to_le_bytes());
                 out.extend_from_slice(&h.height.to_le_bytes());
                 out.push(h.pixel_format);
-                out.extend_from_slice(&[0u8; 3]);
+                out.push(h.renditions);
+                out.extend_from_slice(&[0u8; 2]);
                 out.extend_from_slice(&h.session.to_le_bytes());
             }
             DaemonRecord::FrameDone { buffer_id, pts } => {
@@ -141,7 +172,7 @@ impl DaemonRecord {
                 out.extend_from_slice(&p.total_len.to_le_bytes());
                 out.push(p.frame_type as u8);
                 out.push(p.flags);
-                out.extend_from_slice(&0u16.to_le_bytes());
+                out.extend_from_slice(&p.rendition.to_le_bytes());
                 out.extend_from_slice(payload);
             }
             DaemonRecord::EndOfStreamAck {
@@ -183,7 +214,8 @@ impl DaemonRecord {
                 let width = r.u32();
                 let height = r.u32();
                 let pixel_format = r.u8();
-                r.reserved_bytes("reserved2", 3)?;
+                let renditions = r.u8();
+                r.reserved_bytes("reserved2", 2)?;
                 let session = r.u32();
                 if window == 0 {
                     return Err(out_of_range("hello", "window", 0, "non-zero"));
@@ -198,6 +230,7 @@ impl DaemonRecord {
                     height,
                     pixel_format,
                     session,
+                    renditions,
                 }))
             }
             kind::FRAME_DONE => {
@@ -221,7 +254,7 @@ impl DaemonRecord {
                 let total_len = r.u32();
                 let ft = r.u8();
                 let flags = r.u8();
-                r.reserved16("reserved")?;
+                let rendition = r.u16();
                 let frame_type = WireFrameType::from_u8(ft)
                     .ok_or_else(|| out_of_range("packet", "frame_type", ft.into(), "0..=4"))?;
                 let accepted = PACKET_KEYFRAME | PACKET_CONTINUES;
@@ -240,6 +273,7 @@ impl DaemonRecord {
                 }
                 Ok(DaemonRecord::Packet(PacketChunk {
                     pts,
+                    rendition,
                     total_len,
                     frame_type,
                     flags,
@@ -324,6 +358,7 @@ pub fn kind_name(k: u8) -> &'static str {
         kind::UNREGISTER_BUFFER => "unregister-buffer",
         kind::FRAME => "frame",
         kind::END_OF_STREAM => "end-of-stream",
+        kind::ACCESS_UNIT => "access-unit",
         kind::HELLO => "hello",
         kind::FRAME_DONE => "frame-done",
         kind::PACKET => "packet",

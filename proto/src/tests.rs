@@ -14,6 +14,13 @@ fn all_client_records() -> Vec<ClientRecord> {
             length: 1382400,
             pts: u64::MAX - 1,
         }),
+        ClientRecord::AccessUnit(FrameRef {
+            buffer_id: 1,
+            flags: 0,
+            offset: 4096,
+            length: 70_000,
+            pts: 3,
+        }),
         ClientRecord::EndOfStream,
     ]
 }
@@ -30,6 +37,7 @@ fn all_daemon_records() -> Vec<DaemonRecord> {
             height: 720,
             pixel_format: 0,
             session: 17,
+            renditions: 0,
         }),
         DaemonRecord::FrameDone {
             buffer_id: 2,
@@ -37,6 +45,7 @@ fn all_daemon_records() -> Vec<DaemonRecord> {
         },
         DaemonRecord::Packet(PacketChunk {
             pts: 7,
+            rendition: 3,
             total_len: 3,
             frame_type: WireFrameType::Idr,
             flags: PACKET_KEYFRAME,
@@ -210,6 +219,7 @@ fn large_packets_are_chunked_and_reassembled() {
         .collect();
     let packet = WirePacket {
         pts: 42,
+        rendition: 2,
         keyframe: true,
         frame_type: WireFrameType::Idr,
         data,
@@ -234,6 +244,7 @@ fn large_packets_are_chunked_and_reassembled() {
 fn empty_packet_is_one_record() {
     let packet = WirePacket {
         pts: 1,
+        rendition: 0,
         keyframe: false,
         frame_type: WireFrameType::Skipped,
         data: vec![],
@@ -251,6 +262,7 @@ fn assembler_rejects_inconsistent_chunks() {
     let mut asm = PacketAssembler::new();
     let first = PacketChunk {
         pts: 1,
+        rendition: 1,
         total_len: 10,
         frame_type: WireFrameType::P,
         flags: PACKET_CONTINUES,

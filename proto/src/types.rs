@@ -32,6 +32,9 @@ pub mod kind {
     pub const FRAME: u8 = 0x03;
     /// No more frames; answered with `END_OF_STREAM_ACK` after the last packet.
     pub const END_OF_STREAM: u8 = 0x04;
+    /// One compressed access unit for a transcode session, by reference into a
+    /// registered buffer.
+    pub const ACCESS_UNIT: u8 = 0x05;
     /// The session's parameters and limits; the first record the daemon sends.
     pub const HELLO: u8 = 0x81;
     /// The card has finished reading a frame; its window slot and memory are free again.
@@ -100,6 +103,8 @@ pub enum ProtoError {
     MessageNotUtf8,
     #[error("packet record: chunk for pts {got} while assembling pts {expected}")]
     ChunkMismatch { expected: u64, got: u64 },
+    #[error("packet record: chunk of rendition {got} while assembling rendition {expected}")]
+    RenditionMismatch { expected: u16, got: u16 },
     #[error("packet record: chunks add up to {got} bytes, header declared {declared}")]
     PacketLength { declared: u32, got: usize },
 }
@@ -123,6 +128,9 @@ pub enum ErrorCode {
     Shutdown = 6,
     /// The daemon ran out of a resource (mapping a buffer, memory).
     Resource = 7,
+    /// A transcode session's input could not be decoded (corrupt, truncated, not of the
+    /// announced codec, or over the decoder's limits).
+    DecodeFailed = 8,
 }
 
 impl ErrorCode {
@@ -136,6 +144,7 @@ impl ErrorCode {
             5 => ErrorCode::SessionClosed,
             6 => ErrorCode::Shutdown,
             7 => ErrorCode::Resource,
+            8 => ErrorCode::DecodeFailed,
             _ => return None,
         })
     }
@@ -150,6 +159,7 @@ impl ErrorCode {
             ErrorCode::SessionClosed => "session-closed",
             ErrorCode::Shutdown => "shutdown",
             ErrorCode::Resource => "resource",
+            ErrorCode::DecodeFailed => "decode-failed",
         }
     }
 }
@@ -196,6 +206,9 @@ pub enum ClientRecord {
     UnregisterBuffer { buffer_id: u32 },
     /// Encode `length` bytes at `offset` of buffer `buffer_id`.
     Frame(FrameRef),
+    /// Transcode sessions: decode the access unit of `length` bytes at `offset` of buffer
+    /// `buffer_id` (flags are 0).
+    AccessUnit(FrameRef),
     /// No more frames will come.
     EndOfStream,
 }
@@ -238,12 +251,18 @@ pub struct Hello {
     pub pixel_format: u8,
     /// The session's number (the `N` in `/org/vpud/Vpud1/session/N`).
     pub session: u32,
+    /// Renditions of a transcode session; 0 for an encode session. On a transcode
+    /// session `frame_size` is the largest access unit accepted and `width`/`height` are
+    /// the input's (0 when not given).
+    pub renditions: u8,
 }
 
 /// One `PACKET` record: a whole packet or one chunk of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PacketChunk {
     pub pts: u64,
+    /// The rendition of a transcode session the packet belongs to; 0 for an encode session.
+    pub rendition: u16,
     /// Size of the whole packet (all chunks).
     pub total_len: u32,
     pub frame_type: WireFrameType,
@@ -283,6 +302,8 @@ pub enum DaemonRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WirePacket {
     pub pts: u64,
+    /// The rendition of a transcode session; 0 for an encode session.
+    pub rendition: u16,
     pub keyframe: bool,
     pub frame_type: WireFrameType,
     pub data: Vec<u8>,
