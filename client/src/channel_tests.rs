@@ -23,6 +23,7 @@ fn hello(window: u16) -> DaemonRecord {
         height: H,
         pixel_format: 0,
         session: 7,
+        renditions: 0,
     })
 }
 
@@ -109,6 +110,7 @@ async fn frames_go_by_reference_and_packets_come_back_in_chunks() {
                 .await;
             let packet = WirePacket {
                 pts: f.pts,
+                rendition: 0,
                 keyframe: f.force_keyframe(),
                 frame_type: if f.force_keyframe() {
                     WireFrameType::Idr

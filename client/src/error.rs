@@ -96,6 +96,14 @@ pub enum ClientError {
         got: usize,
         expected: usize,
     },
+    /// An access unit handed to `send_access_unit` was empty or larger than the session
+    /// takes.
+    #[error("session {session}: access unit of {got} bytes, the session takes 1 to {max}")]
+    AccessUnitSize {
+        session: String,
+        got: usize,
+        max: usize,
+    },
     /// A frame was sent after end of stream.
     #[error("session {session}: frame sent after end of stream")]
     AfterEndOfStream { session: String },

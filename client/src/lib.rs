@@ -6,7 +6,9 @@
 //! [`Client::connect`] finds the daemon (`--bus`, then `VPUD_BUS_ADDRESS`, then the system
 //! bus); [`Client::create_session`] opens an encode session whose frames and packets
 //! travel over the session's data channel ([`Session`]), not over D-Bus. Errors the daemon
-//! replies with are typed ([`ClientError`]).
+//! replies with are typed ([`ClientError`]). [`Client::create_transcode`] opens a
+//! transcode session ([`Transcode`]): compressed access units in, a ladder of renditions
+//! out, decoded, scaled and encoded on one card.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -20,6 +22,8 @@ mod pool;
 pub mod proxy;
 mod session;
 mod split;
+mod transcode;
+mod transcode_params;
 
 pub use channel::{DataChannel, FrameSlot, Packet, SessionCounters};
 pub use connect::{BusTarget, BUS_ENV};
@@ -29,3 +33,5 @@ pub use params::{reservation_from_env, SessionParams, RESERVATION_ENV};
 pub use pool::FramePool;
 pub use session::Session;
 pub use split::{ChannelEvent, FrameSender, PacketReceiver, SenderSlot};
+pub use transcode::{RenditionPacket, Transcode, TranscodeCounters};
+pub use transcode_params::{RenditionParams, TranscodeInput, TranscodeParams};

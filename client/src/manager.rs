@@ -13,6 +13,8 @@ use super::proxy::{
     CardProxy, EmulatorProxy, ManagerProxy, SessionProxy, BUS_NAME, CARD_PATH_PREFIX,
 };
 use super::session::Session;
+use super::transcode::Transcode;
+use super::transcode_params::TranscodeParams;
 
 /// A connection to vpud.
 #[derive(Debug, Clone)]
@@ -150,6 +152,18 @@ impl Client {
             .map_err(|e| ClientError::from_call("Manager.CreateSession", e))?;
         let proxy = self.session_proxy(&path).await?;
         Session::open(path, proxy, channel.into()).await
+    }
+
+    /// Creates a transcode session (`Manager.CreateTranscode`) and sets up its data channel.
+    pub async fn create_transcode(&self, params: &TranscodeParams) -> Result<Transcode> {
+        let outputs = params.outputs.iter().map(|o| o.to_dict()).collect();
+        let (path, channel) = self
+            .manager
+            .create_transcode(params.input.to_dict(), outputs)
+            .await
+            .map_err(|e| ClientError::from_call("Manager.CreateTranscode", e))?;
+        let proxy = self.session_proxy(&path).await?;
+        Transcode::open(path, proxy, channel.into()).await
     }
 
     /// Object paths of all cards.

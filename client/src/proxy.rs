@@ -32,6 +32,14 @@ pub trait Manager {
         params: HashMap<&str, Variant<'_>>,
     ) -> zbus::Result<(OwnedObjectPath, OwnedFd)>;
 
+    /// Creates a transcode session: one compressed input, one rendition per `outputs`
+    /// entry; returns its object and its data channel.
+    fn create_transcode(
+        &self,
+        input: HashMap<&str, Variant<'_>>,
+        outputs: Vec<HashMap<&str, Variant<'_>>>,
+    ) -> zbus::Result<(OwnedObjectPath, OwnedFd)>;
+
     /// Sets load units (`units` t) of a card (`card` o, optional) aside for the caller;
     /// returns the reservation.
     fn reserve(&self, params: HashMap<&str, Variant<'_>>) -> zbus::Result<OwnedObjectPath>;
@@ -192,4 +200,8 @@ pub trait Session {
     fn bytes_out(&self) -> zbus::Result<u64>;
     #[zbus(property, name = "Keyframes")]
     fn keyframes(&self) -> zbus::Result<u64>;
+    /// A transcode session's renditions (`width` u, `height` u, `bitrate` u, `gop` u each);
+    /// empty for an encode session.
+    #[zbus(property, name = "Renditions")]
+    fn renditions(&self) -> zbus::Result<Vec<HashMap<String, zbus::OwnedVariant>>>;
 }
