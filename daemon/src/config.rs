@@ -189,6 +189,10 @@ pub struct EmulatedConfig {
     pub max_sessions_per_engine: u16,
     /// Frames one session may have in flight.
     pub max_frames_in_flight: u16,
+    /// H.264 decode engines per card, 0–16 (0: the card cannot transcode).
+    pub decode_engines: u8,
+    /// Scaler engines per card, 0–16 (at least 1 with decode engines).
+    pub scale_engines: u8,
 }
 
 impl Default for EmulatedConfig {
@@ -201,6 +205,8 @@ impl Default for EmulatedConfig {
             pace: false,
             max_sessions_per_engine: 16,
             max_frames_in_flight: 8,
+            decode_engines: 1,
+            scale_engines: 1,
         }
     }
 }
@@ -364,6 +370,20 @@ impl Config {
                 "emulated.max_sessions_per_engine",
                 "0".into(),
                 "1 to 65535",
+            ));
+        }
+        if e.decode_engines > 16 || e.scale_engines > 16 {
+            return Err(invalid(
+                "emulated.decode_engines/scale_engines",
+                format!("{}/{}", e.decode_engines, e.scale_engines),
+                "0 to 16 each",
+            ));
+        }
+        if e.decode_engines > 0 && e.scale_engines == 0 {
+            return Err(invalid(
+                "emulated.scale_engines",
+                "0".into(),
+                "at least 1 when decode_engines is not 0 (a transcoding card needs a scaler)",
             ));
         }
         if !(1..=256).contains(&e.max_frames_in_flight) {

@@ -78,6 +78,8 @@ pub async fn emulated(config: &Config, extra: u32) -> Result<Vec<FoundCard>, Dis
             pace: e.pace,
             max_sessions_per_engine: e.max_sessions_per_engine,
             max_frames_in_flight: e.max_frames_in_flight,
+            decode_engines: e.decode_engines,
+            scale_engines: e.scale_engines,
             ..EmuConfig::with_index(index)
         };
         let emu = EmulatedCard::new(emu_config)

@@ -78,6 +78,29 @@ impl ManagerIface {
         result
     }
 
+    /// Creates a transcode session: one compressed input, one rendition per entry of
+    /// `outputs`, all on one card; returns its object and its data channel.
+    #[zbus(out_args("session", "channel"))]
+    async fn create_transcode(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        input: HashMap<String, OwnedVariant>,
+        outputs: Vec<HashMap<String, OwnedVariant>>,
+    ) -> Result<(OwnedObjectPath, zbus::OwnedFd), VpudError> {
+        counted(&self.daemon, async {
+            let owner = caller(&header)?;
+            let req = params::transcode_request(&input, &outputs)?;
+            let created = session::transcode::create(&self.daemon, &owner, req).await?;
+            if let Err(e) = signals::session_added(&self.daemon, &created.entry).await {
+                created.abandon(&self.daemon);
+                return Err(SessionError::Bus(e).into());
+            }
+            let (path, channel) = created.start();
+            Ok((path, zbus::OwnedFd::from(channel)))
+        })
+        .await
+    }
+
     /// Sets load units of a card aside for one consumer; returns the reservation.
     #[zbus(out_args("reservation"))]
     async fn reserve(

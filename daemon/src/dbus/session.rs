@@ -69,6 +69,12 @@ impl SessionIface {
             self.check_owner(&header)?;
             self.check_open()?;
             let change = params::reconfigure_request(&params)?;
+            if !self.entry.renditions.is_empty() {
+                return Err(VpudError::NotSupported(format!(
+                    "session {} is a transcode session; its renditions are fixed at CreateTranscode",
+                    self.entry.id
+                )));
+            }
             session::reconfigure(&self.daemon, &self.entry, &change)
                 .await
                 .map_err(VpudError::from)
@@ -177,5 +183,26 @@ impl SessionIface {
     #[zbus(property)]
     fn keyframes(&self) -> u64 {
         self.entry.counters.keyframes.load(Ordering::Relaxed)
+    }
+
+    /// A transcode session's renditions (`width`, `height`, `bitrate`, `gop`); empty for
+    /// an encode session.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn renditions(&self) -> Vec<HashMap<String, OwnedVariant>> {
+        self.entry
+            .renditions
+            .iter()
+            .map(|r| {
+                [
+                    ("width", r.width),
+                    ("height", r.height),
+                    ("bitrate", r.bitrate),
+                    ("gop", r.gop),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), OwnedVariant::from(v)))
+                .collect()
+            })
+            .collect()
     }
 }

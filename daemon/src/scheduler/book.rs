@@ -90,6 +90,8 @@ pub struct Scheduler {
     pub(super) reservations: std::collections::BTreeMap<u64, Reservation>,
     /// The number of the next reservation; never reused.
     pub(super) next_reservation: u64,
+    /// Transcode ladders and the cards' decode and scale engines.
+    pub(super) ladders: super::ladder::Ladders,
 }
 
 impl Scheduler {
@@ -109,6 +111,7 @@ impl Scheduler {
             placements: HashMap::new(),
             reservations: std::collections::BTreeMap::new(),
             next_reservation: 0,
+            ladders: Default::default(),
         }
     }
 
@@ -186,7 +189,9 @@ impl Scheduler {
             if card.state != CardState::Online || card.sessions >= card.limits.max_sessions {
                 continue;
             }
-            let units = demand_units(demand, &card.limits);
+            let Some(units) = self.units_on(session, demand, c) else {
+                continue;
+            };
             if self.quotas.load_per_client != 0 && held_load + units > self.quotas.load_per_client {
                 quota_hit = Some(units);
                 continue;
@@ -276,6 +281,7 @@ impl Scheduler {
 
     /// Releases a session's reservation; returns where it was.
     pub fn release(&mut self, session: u64) -> Option<Placement> {
+        self.forget_ladder(session);
         let p = self.placements.remove(&session)?;
         if let Some(card) = self.cards.get_mut(p.card) {
             card.reserved = card.reserved.saturating_sub(p.units);

@@ -4,10 +4,12 @@
 
 pub mod book;
 pub mod cost;
+pub mod ladder;
 pub mod reserve;
 
 pub use book::{CardState, Placement, Scheduler};
 pub use cost::{demand_units, CardLimits, Demand, Priority};
+pub use ladder::{LadderDemand, LadderUnits, TranscodeLimits};
 pub use reserve::{Released, Reservation};
 
 /// Why a session could not be placed.

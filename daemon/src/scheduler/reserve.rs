@@ -220,7 +220,13 @@ impl Scheduler {
                 state: card.state.as_str(),
             });
         }
-        let units = demand_units(demand, l);
+        let Some(units) = self.units_on(session, demand, c) else {
+            return Err(SchedError::ReservationUnavailable {
+                reservation: r,
+                card: c,
+                state: "without room in its decode or scale engines",
+            });
+        };
         if res.used + units > res.units {
             return Err(SchedError::ReservationFull {
                 reservation: r,

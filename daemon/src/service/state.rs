@@ -140,6 +140,16 @@ pub struct SessionCounters {
     pub keyframes: AtomicU64,
 }
 
+/// One rendition of a transcode session (`Session.Renditions`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenditionInfo {
+    pub width: u32,
+    pub height: u32,
+    pub bitrate: u32,
+    /// Input frames between keyframes.
+    pub gop: u32,
+}
+
 /// One live session.
 #[derive(Debug)]
 pub struct SessionEntry {
@@ -163,6 +173,9 @@ pub struct SessionEntry {
     /// created: once the card's epoch is past it, the card session is gone.
     pub card_epoch: AtomicU64,
     pub config: Mutex<SessionConfig>,
+    /// A transcode session's renditions; empty for an encode session. A transcode
+    /// session's `card_session` is its decoder and `config` its first rendition's.
+    pub renditions: Vec<RenditionInfo>,
     pub counters: SessionCounters,
     /// Set by `RequestKeyframe`; the next frame is encoded as IDR.
     pub force_keyframe: AtomicBool,

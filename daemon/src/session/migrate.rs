@@ -13,7 +13,8 @@ use super::worker::{Ending, InFlight, Worker};
 use crate::channel::proto::{ErrorCode, FrameRef, FRAME_FORCE_KEYFRAME};
 use crate::scheduler::{CardState, Demand};
 use crate::service::changes::Change;
-use crate::service::state::{lock, CardEntry, Control};
+use crate::service::state::{lock, CardEntry, Control, Daemon, SessionEntry};
+use tokio::sync::mpsc;
 
 /// The shortest wait for a card's reset; longer when commands may take longer (a reset
 /// first waits for the card's other sessions, then runs admin commands).
@@ -172,59 +173,70 @@ impl Worker {
         Ok(())
     }
 
-    /// Waits, when no other card can take the session, until card `from` is back in
-    /// service after a reset that wiped the session's card session (created at reset
-    /// epoch `created`). `Ok(Ok(()))` once it is, `Ok(Err(why))` if it will not be (the
-    /// reset failed, the card is draining, or no reset finished in time), `Err` if the
-    /// session was closed meanwhile.
+    /// Waits for card `from`'s reset; see [`await_reset`].
     async fn await_reset(
         &mut self,
         from: &CardEntry,
         created: u64,
     ) -> Result<Result<(), String>, Ending> {
-        // Subscribe before looking at the state: a reset finishing in between still
-        // shows as a changed epoch.
-        let mut epochs = from.resets.subscribe();
-        let wait = RESET_WAIT_MIN.max(self.daemon.config.timeouts.command() * 4);
-        let deadline = tokio::time::sleep(wait);
-        tokio::pin!(deadline);
-        loop {
-            let reset_since = *epochs.borrow_and_update() != created;
-            match self.daemon.card_state(from.index) {
-                CardState::Online if reset_since => {
-                    self.entry.awaiting_reset.store(false, Ordering::Release);
-                    return Ok(Ok(()));
-                }
-                s @ (CardState::Failed | CardState::Offline | CardState::Draining) => {
-                    return Ok(Err(format!("card {} is {}", from.name, s.as_str())))
-                }
-                // Resetting, or online with a reset asked for (the fault that moves the
-                // session starts one) and about to start: wait for it to finish.
-                _ => {}
+        await_reset(&self.daemon, &self.entry, &mut self.control_rx, from, created).await
+    }
+}
+
+/// Waits, when no other card can take the session, until card `from` is back in
+/// service after a reset that wiped the session's card session (created at reset
+/// epoch `created`). `Ok(Ok(()))` once it is, `Ok(Err(why))` if it will not be (the
+/// reset failed, the card is draining, or no reset finished in time), `Err` if the
+/// session was closed meanwhile.
+pub(super) async fn await_reset(
+daemon: &Daemon,
+entry: &SessionEntry,
+control_rx: &mut mpsc::UnboundedReceiver<Control>,
+from: &CardEntry,
+created: u64,
+) -> Result<Result<(), String>, Ending> {
+    // Subscribe before looking at the state: a reset finishing in between still
+    // shows as a changed epoch.
+    let mut epochs = from.resets.subscribe();
+    let wait = RESET_WAIT_MIN.max(daemon.config.timeouts.command() * 4);
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
+    loop {
+        let reset_since = *epochs.borrow_and_update() != created;
+        match daemon.card_state(from.index) {
+            CardState::Online if reset_since => {
+                entry.awaiting_reset.store(false, Ordering::Release);
+                return Ok(Ok(()));
             }
-            if !self.entry.awaiting_reset.swap(true, Ordering::AcqRel) {
-                tracing::info!(card = %from.name, "no other card can take the session; waiting for its card's reset");
+            s @ (CardState::Failed | CardState::Offline | CardState::Draining) => {
+                return Ok(Err(format!("card {} is {}", from.name, s.as_str())))
             }
-            tokio::select! {
-                biased;
-                c = self.control_rx.recv() => match c {
-                    // Already moving.
-                    Some(Control::Migrate { .. }) => {}
-                    Some(Control::Close(r)) => return Err(Ending::from_request(Some(r))),
-                    None => return Err(Ending::from_request(None)),
-                },
-                changed = epochs.changed() => {
-                    if changed.is_err() {
-                        return Ok(Err(format!("card {} is gone", from.name)));
-                    }
+            // Resetting, or online with a reset asked for (the fault that moves the
+            // session starts one) and about to start: wait for it to finish.
+            _ => {}
+        }
+        if !entry.awaiting_reset.swap(true, Ordering::AcqRel) {
+            tracing::info!(card = %from.name, "no other card can take the session; waiting for its card's reset");
+        }
+        tokio::select! {
+            biased;
+            c = control_rx.recv() => match c {
+                // Already moving.
+                Some(Control::Migrate { .. }) => {}
+                Some(Control::Close(r)) => return Err(Ending::from_request(Some(r))),
+                None => return Err(Ending::from_request(None)),
+            },
+            changed = epochs.changed() => {
+                if changed.is_err() {
+                    return Ok(Err(format!("card {} is gone", from.name)));
                 }
-                _ = &mut deadline => {
-                    return Ok(Err(format!(
-                        "card {} was not back from a reset within {} s",
-                        from.name,
-                        wait.as_secs()
-                    )))
-                }
+            }
+            _ = &mut deadline => {
+                return Ok(Err(format!(
+                    "card {} was not back from a reset within {} s",
+                    from.name,
+                    wait.as_secs()
+                )))
             }
         }
     }

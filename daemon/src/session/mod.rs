@@ -6,6 +6,7 @@ pub mod buffers;
 mod migrate;
 mod reconfigure;
 pub mod request;
+pub mod transcode;
 pub mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -196,6 +197,7 @@ pub async fn create(
         height: cfg.height,
         pixel_format: cfg.pixel_format.code() as u8,
         session: id as u32,
+        renditions: 0,
     };
     let entry = Arc::new(SessionEntry {
         id,
@@ -208,6 +210,7 @@ pub async fn create(
         card_session: AtomicU32::new(sid.0),
         card_epoch: AtomicU64::new(epoch),
         config: Mutex::new(cfg),
+        renditions: Vec::new(),
         counters: SessionCounters::default(),
         force_keyframe: AtomicBool::new(false),
         closed: AtomicBool::new(false),
@@ -249,6 +252,19 @@ pub async fn create(
         worker,
         units: placement.units,
     })
+}
+
+/// The error for a `card` argument that names no card.
+fn unknown_card(daemon: &Daemon, path: &str) -> SessionError {
+    SessionError::UnknownCard {
+        path: path.to_owned(),
+        known: daemon
+            .cards
+            .iter()
+            .map(|c| c.path.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }
 
 /// A client left the bus (its unique name `owner`): its sessions end at once.

@@ -55,7 +55,7 @@ impl Ending {
             client_gone: false,
         }
     }
-    fn normal(reason: &str) -> Ending {
+    pub(super) fn normal(reason: &str) -> Ending {
         Ending {
             code: None,
             reason: reason.into(),
@@ -63,7 +63,7 @@ impl Ending {
             client_gone: false,
         }
     }
-    fn gone(reason: &str) -> Ending {
+    pub(super) fn gone(reason: &str) -> Ending {
         Ending {
             client_gone: true,
             ..Ending::normal(reason)
@@ -279,6 +279,12 @@ impl Worker {
                                 return Ending::error(ErrorCode::ProtocolViolation, msg);
                             }
                         }
+                        ClientRecord::AccessUnit(unit) => {
+                            self.daemon.metrics.error("channel.protocol-violation");
+                            return Ending::error(ErrorCode::ProtocolViolation, format!(
+                                "access unit pts {} on an encode session; send raw frames (frame records)",
+                                unit.pts));
+                        }
                         ClientRecord::EndOfStream => eos = true,
                     }
                 }
@@ -400,6 +406,7 @@ impl Worker {
         let bytes = packet.data.len() as u64;
         let wire = WirePacket {
             pts: packet.pts,
+            rendition: 0,
             keyframe: packet.keyframe,
             frame_type: wire_frame_type(packet.frame_type),
             data: packet.data,
@@ -469,7 +476,7 @@ impl Worker {
     }
 }
 
-fn wire_frame_type(t: FrameType) -> WireFrameType {
+pub(super) fn wire_frame_type(t: FrameType) -> WireFrameType {
     match t {
         FrameType::Skipped => WireFrameType::Skipped,
         FrameType::Idr => WireFrameType::Idr,
