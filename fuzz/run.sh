@@ -16,7 +16,7 @@ cd "$here"
 export RUSTC_BOOTSTRAP=1
 cargo=${CARGO:-cargo}
 
-targets="data_channel completion_queue config y4m"
+targets="data_channel completion_queue config y4m decode_input"
 
 "$cargo" fuzz build -O >/dev/null
 

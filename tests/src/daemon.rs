@@ -175,6 +175,7 @@ impl Channel {
                 height: 0,
                 pixel_format: 0,
                 session: 0,
+                renditions: 0,
             },
             memfd: None,
             assembler: PacketAssembler::new(),
