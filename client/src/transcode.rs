@@ -335,7 +335,10 @@ impl Transcode {
 
     /// After a failed send the daemon may have said why before closing: prefer its error
     /// record to the bare socket error.
-    async fn failure_after_send_error(&mut self, e: vpud_proto::socket::SocketError) -> ClientError {
+    async fn failure_after_send_error(
+        &mut self,
+        e: vpud_proto::socket::SocketError,
+    ) -> ClientError {
         let fallback = io_error(&self.name, "access-unit", e);
         for _ in 0..64 {
             match recv_record(&self.channel, &mut self.recv_buf, &self.name).await {

@@ -7,7 +7,9 @@ use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
 use vpud_client::annexb::access_units;
-use vpud_client::{Client, RenditionPacket, RenditionParams, Transcode, TranscodeInput, TranscodeParams};
+use vpud_client::{
+    Client, RenditionPacket, RenditionParams, Transcode, TranscodeInput, TranscodeParams,
+};
 
 use crate::decode::decode_ffmpeg;
 use crate::quality::psnr_luma;
@@ -27,7 +29,9 @@ pub fn testsrc2(dir: &Path, width: u32, height: u32, frames: u32, gop: u32) -> R
     let src = format!("testsrc2=size={width}x{height}:rate=30");
     let mut last_err = String::new();
     for codec in [
-        &["-c:v", "libx264", "-preset", "veryfast", "-bf", "0", "-crf", "18"][..],
+        &[
+            "-c:v", "libx264", "-preset", "veryfast", "-bf", "0", "-crf", "18",
+        ][..],
         &["-c:v", "libopenh264", "-b:v", "20M"][..],
     ] {
         let out = Command::new("ffmpeg")
@@ -113,7 +117,11 @@ pub fn by_rendition(packets: &[RenditionPacket], renditions: usize) -> Vec<Vec<&
 
 /// Checks that every rendition has exactly the pts 0..frames once, in order, and that
 /// keyframes fall on the same pts in every rendition; returns those pts.
-pub fn check_packets(packets: &[RenditionPacket], renditions: usize, frames: u64) -> Result<Vec<u64>> {
+pub fn check_packets(
+    packets: &[RenditionPacket],
+    renditions: usize,
+    frames: u64,
+) -> Result<Vec<u64>> {
     let per = by_rendition(packets, renditions);
     let mut keys: Option<Vec<u64>> = None;
     for (r, ps) in per.iter().enumerate() {
@@ -122,7 +130,10 @@ pub fn check_packets(packets: &[RenditionPacket], renditions: usize, frames: u64
             pts == (0..frames).collect::<Vec<_>>(),
             "rendition {r}: pts {pts:?}, expected 0..{frames} once each"
         );
-        ensure!(ps.iter().all(|p| !p.data.is_empty()), "rendition {r}: an empty packet");
+        ensure!(
+            ps.iter().all(|p| !p.data.is_empty()),
+            "rendition {r}: an empty packet"
+        );
         let k: Vec<u64> = ps.iter().filter(|p| p.keyframe).map(|p| p.pts).collect();
         match &keys {
             None => keys = Some(k),
@@ -136,7 +147,11 @@ pub fn check_packets(packets: &[RenditionPacket], renditions: usize, frames: u64
 }
 
 /// Writes each rendition's Annex-B stream to `dir/rN.h264`.
-pub fn write_renditions(dir: &Path, packets: &[RenditionPacket], renditions: usize) -> Result<Vec<PathBuf>> {
+pub fn write_renditions(
+    dir: &Path,
+    packets: &[RenditionPacket],
+    renditions: usize,
+) -> Result<Vec<PathBuf>> {
     by_rendition(packets, renditions)
         .iter()
         .enumerate()

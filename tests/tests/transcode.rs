@@ -44,15 +44,25 @@ async fn a_ladder_comes_out_whole_aligned_and_faithful() {
         .unwrap();
     let keys = check_packets(&packets, LADDER.len(), u64::from(FRAMES)).unwrap();
     let expected: Vec<u64> = (0..u64::from(FRAMES)).step_by(GOP as usize).collect();
-    assert_eq!(keys, expected, "keyframes every {GOP} pictures from the first");
+    assert_eq!(
+        keys, expected,
+        "keyframes every {GOP} pictures from the first"
+    );
     let files = write_renditions(dir.path(), &packets, LADDER.len()).unwrap();
     for (r, (&(w, h, _), file)) in LADDER.iter().zip(&files).enumerate() {
         let reference = ffmpeg_scaled(&input, w, h).unwrap();
         let psnr = rendition_psnr(file, &reference, w, h).unwrap();
         println!("rendition {r} {w}x{h}: {FRAMES} frames, luma PSNR {psnr:.2} dB against ffmpeg's scaling");
-        assert!(psnr >= 30.0, "rendition {r} {w}x{h}: PSNR {psnr:.2} dB < 30");
+        assert!(
+            psnr >= 30.0,
+            "rendition {r} {w}x{h}: PSNR {psnr:.2} dB < 30"
+        );
         let probed = probe_frames(file).unwrap();
-        assert_eq!(probed.len(), FRAMES as usize, "rendition {r}: ffprobe frame count");
+        assert_eq!(
+            probed.len(),
+            FRAMES as usize,
+            "rendition {r}: ffprobe frame count"
+        );
         let probed_keys: Vec<u64> = probed
             .iter()
             .enumerate()
@@ -139,7 +149,9 @@ async fn corrupt_and_truncated_input_fail_typed_and_alone() {
         }
     }
     // The daemon still serves, and a good ladder still works.
-    let ok = transcode(&client, &params(&ladder, 30), &stream).await.unwrap();
+    let ok = transcode(&client, &params(&ladder, 30), &stream)
+        .await
+        .unwrap();
     check_packets(&ok, ladder.len(), units.len() as u64).unwrap();
 }
 
@@ -155,7 +167,11 @@ async fn a_card_fault_mid_ladder_loses_no_frame() {
     let units = access_units(&stream);
     let vpud = start(2, config()).await.unwrap();
     let client = Client::connect(Some(vpud.address())).await.unwrap();
-    let ladder = [(1280, 720, 3_000_000), (854, 480, 1_500_000), (640, 360, 800_000)];
+    let ladder = [
+        (1280, 720, 3_000_000),
+        (854, 480, 1_500_000),
+        (640, 360, 800_000),
+    ];
     let mut t = client.create_transcode(&params(&ladder, 20)).await.unwrap();
     let card = t.proxy().card().await.unwrap();
     let conn = client.connection().clone();
@@ -182,7 +198,11 @@ async fn a_card_fault_mid_ladder_loses_no_frame() {
         assert!(psnr >= 30.0, "{w}x{h} after the move: PSNR {psnr:.2} dB");
     }
     drop(moved_to);
-    let migrated = vpud.daemon().metrics.sessions_migrated.load(std::sync::atomic::Ordering::Relaxed);
+    let migrated = vpud
+        .daemon()
+        .metrics
+        .sessions_migrated
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert!(migrated >= 1, "the ladder did not move");
     let _ = Variant::from(0u32);
 }
@@ -195,7 +215,14 @@ async fn a_ladder_no_single_card_can_take_is_refused_whole() {
     let client = Client::connect(Some(vpud.address())).await.unwrap();
     // Two 2160p60 renditions are two whole engines each way: one card has two engines,
     // and a ladder is never split across cards.
-    let mut p = params(&[(3840, 2160, 20_000_000), (3840, 2160, 20_000_000), (1920, 1080, 6_000_000)], 60);
+    let mut p = params(
+        &[
+            (3840, 2160, 20_000_000),
+            (3840, 2160, 20_000_000),
+            (1920, 1080, 6_000_000),
+        ],
+        60,
+    );
     p.input.framerate_num = Some(60);
     let e = client.create_transcode(&p).await.unwrap_err();
     assert!(matches!(e, ClientError::NoCapacity(_)), "{e:?}");

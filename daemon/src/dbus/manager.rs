@@ -10,7 +10,7 @@ use zbus::{OwnedObjectPath, OwnedVariant};
 
 use super::access::caller;
 use super::error::VpudError;
-use super::{counted, params, signals};
+use super::{counted, params, signals, transcode_params};
 use crate::service::reservation::{self, ReserveError};
 use crate::service::state::{lock, Daemon};
 use crate::session::{self, SessionError};
@@ -89,7 +89,7 @@ impl ManagerIface {
     ) -> Result<(OwnedObjectPath, zbus::OwnedFd), VpudError> {
         counted(&self.daemon, async {
             let owner = caller(&header)?;
-            let req = params::transcode_request(&input, &outputs)?;
+            let req = transcode_params::transcode_request(&input, &outputs)?;
             let created = session::transcode::create(&self.daemon, &owner, req).await?;
             if let Err(e) = signals::session_added(&self.daemon, &created.entry).await {
                 created.abandon(&self.daemon);

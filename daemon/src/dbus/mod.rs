@@ -10,6 +10,7 @@ pub mod params;
 pub mod reservation;
 pub mod session;
 pub mod signals;
+pub mod transcode_params;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,18 +1,15 @@
-//! Validation of the `a{sv}` arguments of `CreateSession`, `CreateTranscode`, `Reserve`,
-//! `Reconfigure` and `InjectFault`: unknown keys, wrong types and out-of-range values are rejected with a
+//! Validation of the `a{sv}` arguments of `CreateSession`, `Reserve`, `Reconfigure` and
+//! `InjectFault` (`CreateTranscode`'s are in `transcode_params`): unknown keys, wrong types and out-of-range values are rejected with a
 //! message naming the key and what is accepted.
 
 use std::collections::HashMap;
 
-use vpu_driver::card::{Codec, PixelFormat, RateControl, ScaleFilter};
+use vpu_driver::card::{Codec, PixelFormat, RateControl};
 use zbus::{OwnedVariant, Variant};
 
 use crate::scheduler::Priority;
 use crate::service::reservation;
 use crate::session::request::{ReconfigureRequest, SessionRequest};
-use crate::session::transcode::request::{
-    InputSpec, RenditionSpec, TranscodeRequest, DEFAULT_FPS, MAX_RENDITIONS,
-};
 
 /// A rejected argument: the message for `org.vpud.Vpud1.Error.InvalidArgument`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,7 +19,7 @@ pub struct ParamError(pub String);
 const SESSION_KEYS: &str = "codec, width, height, framerate_num, framerate_den, pixel_format, \
     rate_control, bitrate, max_bitrate, qp, gop, priority, card, reservation";
 
-type Params = HashMap<String, OwnedVariant>;
+pub(super) type Params = HashMap<String, OwnedVariant>;
 
 fn type_name(v: &Variant<'_>) -> String {
     v.value_signature().to_string()
@@ -35,7 +32,7 @@ fn unwrap_variant<'a>(v: &'a Variant<'a>) -> &'a Variant<'a> {
     }
 }
 
-fn get_u32(p: &Params, key: &str) -> Result<Option<u32>, ParamError> {
+pub(super) fn get_u32(p: &Params, key: &str) -> Result<Option<u32>, ParamError> {
     match p.get(key).map(|v| unwrap_variant(v)) {
         None => Ok(None),
         Some(Variant::U32(x)) => Ok(Some(*x)),
@@ -46,7 +43,7 @@ fn get_u32(p: &Params, key: &str) -> Result<Option<u32>, ParamError> {
     }
 }
 
-fn get_str(p: &Params, key: &str) -> Result<Option<String>, ParamError> {
+pub(super) fn get_str(p: &Params, key: &str) -> Result<Option<String>, ParamError> {
     match p.get(key).map(|v| unwrap_variant(v)) {
         None => Ok(None),
         Some(Variant::Str(s)) => Ok(Some(s.as_str().to_owned())),
@@ -59,7 +56,7 @@ fn get_str(p: &Params, key: &str) -> Result<Option<String>, ParamError> {
 
 /// The value of `key` among `accepted` (named by `name`); absent: `default`. Names are
 /// matched exactly, as the API spells them.
-fn one_of<T: Copy>(
+pub(super) fn one_of<T: Copy>(
     key: &str,
     value: Option<String>,
     accepted: &[T],
@@ -82,7 +79,13 @@ fn one_of<T: Copy>(
         })
 }
 
-fn range(key: &str, value: u32, lo: u32, hi: u32, what: &str) -> Result<u32, ParamError> {
+pub(super) fn range(
+    key: &str,
+    value: u32,
+    lo: u32,
+    hi: u32,
+    what: &str,
+) -> Result<u32, ParamError> {
     if (lo..=hi).contains(&value) {
         Ok(value)
     } else {
@@ -92,7 +95,7 @@ fn range(key: &str, value: u32, lo: u32, hi: u32, what: &str) -> Result<u32, Par
     }
 }
 
-fn reject_unknown(p: &Params, known: &[&str], listing: &str) -> Result<(), ParamError> {
+pub(super) fn reject_unknown(p: &Params, known: &[&str], listing: &str) -> Result<(), ParamError> {
     let mut unknown: Vec<&str> = p
         .keys()
         .map(String::as_str)
@@ -229,7 +232,7 @@ pub fn session_request(p: &Params) -> Result<SessionRequest, ParamError> {
     })
 }
 
-fn get_path(p: &Params, key: &str, what: &str) -> Result<Option<String>, ParamError> {
+pub(super) fn get_path(p: &Params, key: &str, what: &str) -> Result<Option<String>, ParamError> {
     match p.get(key).map(|v| unwrap_variant(v)) {
         None => Ok(None),
         Some(Variant::ObjectPath(o)) => Ok(Some(o.as_str().to_owned())),
@@ -460,184 +463,4 @@ mod tests {
         p.push(("reservation", Variant::ObjectPath(path)));
         assert_eq!(session_request(&params(p)).unwrap().reservation, Some(3));
     }
-}
-
-const INPUT_KEYS: &str =
-    "codec, width, height, framerate_num, framerate_den, priority, card, reservation";
-const OUTPUT_KEYS: &str = "width, height, rate_control, bitrate, max_bitrate, qp, gop, scale";
-
-fn even_size(key: &str, v: u32) -> Result<u32, ParamError> {
-    range(key, v, 16, 16384, "luma samples")?;
-    if v % 2 != 0 {
-        return Err(ParamError(format!(
-            "{key} = {v} must be even (chroma is subsampled 2×2)"
-        )));
-    }
-    Ok(v)
-}
-
-/// Validates one rendition of `CreateTranscode` (`outputs[index]`).
-fn rendition(index: usize, p: &Params) -> Result<RenditionSpec, ParamError> {
-    const KNOWN: &[&str] = &[
-        "width",
-        "height",
-        "rate_control",
-        "bitrate",
-        "max_bitrate",
-        "qp",
-        "gop",
-        "scale",
-    ];
-    let at = |e: ParamError| ParamError(format!("outputs[{index}]: {}", e.0));
-    reject_unknown(p, KNOWN, OUTPUT_KEYS).map_err(at)?;
-    let size = |key: &'static str| -> Result<u32, ParamError> {
-        let v = get_u32(p, key)?
-            .ok_or_else(|| ParamError(format!("{key} is required (u, luma samples)")))?;
-        even_size(key, v)
-    };
-    let width = size("width").map_err(at)?;
-    let height = size("height").map_err(at)?;
-    let rate_control = one_of(
-        "rate_control",
-        get_str(p, "rate_control").map_err(at)?,
-        RateControl::ALL,
-        RateControl::as_str,
-        RateControl::Cbr,
-    )
-    .map_err(at)?;
-    let bitrate = match (rate_control, get_u32(p, "bitrate").map_err(at)?) {
-        (RateControl::Cqp, b) => b.unwrap_or(0),
-        (_, Some(b)) => range("bitrate", b, 10_000, 800_000_000, "bit/s").map_err(at)?,
-        (_, None) => 4_000_000,
-    };
-    let max_bitrate = get_u32(p, "max_bitrate").map_err(at)?.unwrap_or(0);
-    if max_bitrate != 0 && max_bitrate < bitrate {
-        return Err(at(ParamError(format!(
-            "max_bitrate = {max_bitrate} is below bitrate = {bitrate}; accepted: 0 (same as bitrate) or at least bitrate"
-        ))));
-    }
-    let qp = range("qp", get_u32(p, "qp").map_err(at)?.unwrap_or(26), 0, 51, "").map_err(at)? as u8;
-    let gop = range(
-        "gop",
-        get_u32(p, "gop").map_err(at)?.unwrap_or(60),
-        0,
-        100_000,
-        "input frames",
-    )
-    .map_err(at)?;
-    let filter = one_of(
-        "scale",
-        get_str(p, "scale").map_err(at)?,
-        ScaleFilter::ALL,
-        ScaleFilter::as_str,
-        ScaleFilter::Bilinear,
-    )
-    .map_err(at)?;
-    Ok(RenditionSpec {
-        width,
-        height,
-        rate_control,
-        bitrate,
-        max_bitrate,
-        qp,
-        gop,
-        filter,
-    })
-}
-
-/// Validates `CreateTranscode`'s input and outputs.
-pub fn transcode_request(input: &Params, outputs: &[Params]) -> Result<TranscodeRequest, ParamError> {
-    const KNOWN: &[&str] = &[
-        "codec",
-        "width",
-        "height",
-        "framerate_num",
-        "framerate_den",
-        "priority",
-        "card",
-        "reservation",
-    ];
-    let at = |e: ParamError| ParamError(format!("input: {}", e.0));
-    reject_unknown(input, KNOWN, INPUT_KEYS).map_err(at)?;
-    let codec = one_of(
-        "codec",
-        get_str(input, "codec").map_err(at)?,
-        &[Codec::H264],
-        Codec::as_str,
-        Codec::H264,
-    )
-    .map_err(at)?;
-    let size = match (
-        get_u32(input, "width").map_err(at)?,
-        get_u32(input, "height").map_err(at)?,
-    ) {
-        (None, None) => None,
-        (Some(w), Some(h)) => Some((
-            even_size("width", w).map_err(at)?,
-            even_size("height", h).map_err(at)?,
-        )),
-        _ => {
-            return Err(at(ParamError(
-                "width and height go together: give both or neither".into(),
-            )))
-        }
-    };
-    let fps_num = match get_u32(input, "framerate_num").map_err(at)? {
-        Some(n) => range("framerate_num", n, 1, 240_000, "").map_err(at)?,
-        None => DEFAULT_FPS.0,
-    };
-    let fps_den = range(
-        "framerate_den",
-        get_u32(input, "framerate_den").map_err(at)?.unwrap_or(DEFAULT_FPS.1),
-        1,
-        240_000,
-        "",
-    )
-    .map_err(at)?;
-    if u64::from(fps_num) > 240 * u64::from(fps_den) {
-        return Err(at(ParamError(format!(
-            "framerate {fps_num}/{fps_den} is out of range; accepted: up to 240 frames per second"
-        ))));
-    }
-    let priority = one_of(
-        "priority",
-        get_str(input, "priority").map_err(at)?,
-        Priority::ALL,
-        Priority::as_str,
-        Priority::Realtime,
-    )
-    .map_err(at)?;
-    let card = get_path(input, "card", "a card's object path").map_err(at)?;
-    let reservation = match get_path(input, "reservation", "a reservation's object path").map_err(at)? {
-        None => None,
-        Some(path) => Some(reservation::number(&path).ok_or_else(|| {
-            at(ParamError(format!(
-                "reservation = {path:?} is not a reservation's path; accepted: {}N, as Manager.Reserve returns",
-                reservation::PATH_PREFIX
-            )))
-        })?),
-    };
-    if outputs.is_empty() || outputs.len() > MAX_RENDITIONS {
-        return Err(ParamError(format!(
-            "outputs has {} renditions; accepted: 1 to {MAX_RENDITIONS}",
-            outputs.len()
-        )));
-    }
-    let outputs = outputs
-        .iter()
-        .enumerate()
-        .map(|(i, p)| rendition(i, p))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(TranscodeRequest {
-        input: InputSpec {
-            codec,
-            size,
-            fps_num,
-            fps_den,
-        },
-        outputs,
-        priority,
-        card,
-        reservation,
-    })
 }

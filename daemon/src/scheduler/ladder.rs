@@ -160,9 +160,7 @@ impl Scheduler {
         let placed = self.place(session, client, &ladder.representative(), pinned, &excluded);
         match &placed {
             Ok(p) => {
-                let units = self
-                    .ladder_units(session, p.card)
-                    .unwrap_or_default();
+                let units = self.ladder_units(session, p.card).unwrap_or_default();
                 self.ladders.units.insert(session, (p.card, units));
             }
             Err(_) => {
@@ -287,7 +285,11 @@ mod tests {
     fn a_ladder_costs_every_encode_its_decode_and_its_scaling() {
         let u = ladder().units(&limits(), &transcode()).expect("fits");
         // 1080p30 is 0.28125 of a 720p240 engine, 720p30 0.125, 480p 0.0556, 360p 0.03125.
-        let encodes: u64 = ladder().outputs.iter().map(|o| demand_units(o, &limits())).sum();
+        let encodes: u64 = ladder()
+            .outputs
+            .iter()
+            .map(|o| demand_units(o, &limits()))
+            .sum();
         assert_eq!(u.encode, encodes);
         assert_eq!(u.decode, 125_000); // 1080p30 of a 1080p240 decoder
         assert_eq!(u.encode, 493_099);
@@ -297,7 +299,9 @@ mod tests {
     #[test]
     fn ladders_go_whole_onto_a_transcoding_card_or_nowhere() {
         let mut s = scheduler(2, &[1]);
-        let p = s.place_ladder(1, "a", &ladder(), None, &[]).expect("placed");
+        let p = s
+            .place_ladder(1, "a", &ladder(), None, &[])
+            .expect("placed");
         assert_eq!(p.card, 1);
         assert!(s.transcode_load(1).0 > 0);
         // 493 099 units of encodes each: four ladders fit on two engines.

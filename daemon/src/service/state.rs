@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::{mpsc, watch};
-use vpu_driver::card::{Card, SessionConfig, SessionId};
+use vpu_driver::card::{Card, Codec, EngineKind, SessionConfig, SessionId};
 use vpu_driver::emu::EmulatedCard;
 use vpu_driver::io::BackendKind;
 use zbus::{Connection, OwnedObjectPath};
@@ -17,7 +17,7 @@ use crate::channel::proto::ErrorCode;
 use crate::channel::spare::SparePairs;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::scheduler::{CardLimits, CardState, Demand, Scheduler};
+use crate::scheduler::{CardLimits, CardState, Demand, Scheduler, TranscodeLimits};
 use crate::service::changes::Changes;
 
 /// Root object path.
@@ -105,6 +105,34 @@ impl CardEntry {
             max_height: u32::from(id.max_height),
             max_sessions: u32::from(id.encode_engines) * u32::from(id.max_sessions_per_engine),
         }
+    }
+}
+
+impl CardEntry {
+    /// What the card's decoders and scalers can do, if it has both (transcode ladders).
+    pub fn transcode_limits(&self) -> Option<TranscodeLimits> {
+        let id = self.card.identity();
+        let decoders: Vec<_> = id
+            .engines_of(EngineKind::Decode)
+            .filter(|e| e.codec == Some(Codec::H264))
+            .collect();
+        let scalers: Vec<_> = id.engines_of(EngineKind::Scale).collect();
+        // The weakest engine of each kind stands for all: a ladder may land on any.
+        let decode_capacity = decoders.iter().map(|e| e.capacity).min()?;
+        let decode_rate = decoders.iter().map(|e| e.pixel_rate).min()?;
+        let scale_capacity = scalers.iter().map(|e| e.capacity).min()?;
+        let scale_rate = scalers.iter().map(|e| e.pixel_rate).min()?;
+        if decode_capacity == 0 || scale_capacity == 0 {
+            return None;
+        }
+        Some(TranscodeLimits {
+            decode_engines: decoders.len().min(usize::from(u8::MAX)) as u8,
+            decode_capacity_per_engine: decode_capacity,
+            decode_pixel_rate: decode_rate,
+            scale_engines: scalers.len().min(usize::from(u8::MAX)) as u8,
+            scale_capacity_per_engine: scale_capacity,
+            scale_pixel_rate: scale_rate,
+        })
     }
 }
 
@@ -300,7 +328,8 @@ impl Daemon {
             config.quotas.clone(),
         );
         for c in &cards {
-            sched.add_card(c.limits());
+            let index = sched.add_card(c.limits());
+            sched.set_transcode_limits(index, c.transcode_limits());
         }
         Daemon {
             config,

@@ -179,7 +179,14 @@ impl Worker {
         from: &CardEntry,
         created: u64,
     ) -> Result<Result<(), String>, Ending> {
-        await_reset(&self.daemon, &self.entry, &mut self.control_rx, from, created).await
+        await_reset(
+            &self.daemon,
+            &self.entry,
+            &mut self.control_rx,
+            from,
+            created,
+        )
+        .await
     }
 }
 
@@ -189,11 +196,11 @@ impl Worker {
 /// reset failed, the card is draining, or no reset finished in time), `Err` if the
 /// session was closed meanwhile.
 pub(super) async fn await_reset(
-daemon: &Daemon,
-entry: &SessionEntry,
-control_rx: &mut mpsc::UnboundedReceiver<Control>,
-from: &CardEntry,
-created: u64,
+    daemon: &Daemon,
+    entry: &SessionEntry,
+    control_rx: &mut mpsc::UnboundedReceiver<Control>,
+    from: &CardEntry,
+    created: u64,
 ) -> Result<Result<(), String>, Ending> {
     // Subscribe before looking at the state: a reset finishing in between still
     // shows as a changed epoch.

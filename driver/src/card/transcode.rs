@@ -142,10 +142,9 @@ impl Card {
             || width > u32::from(id.max_width)
             || height > u32::from(id.max_height)
         {
-            return Err(self.bad_completion(
-                session,
-                format!("{what}: picture of {width}x{height}"),
-            ));
+            return Err(
+                self.bad_completion(session, format!("{what}: picture of {width}x{height}"))
+            );
         }
         Ok(Some(CardFrame {
             handle: c.dw0,
@@ -291,13 +290,14 @@ impl Card {
             .controller
             .io(self.any_queue(), cmd, self.opts.command_timeout)
             .await?;
-        self.status(&c, || format!("scale frame {} to {width}x{height}", src.handle))?;
+        self.status(&c, || {
+            format!("scale frame {} to {width}x{height}", src.handle)
+        })?;
         match self.reported_frame(0, &c, "scale")? {
             Some(f) if f.width == width && f.height == height => Ok(f),
-            other => Err(self.bad_completion(
-                0,
-                format!("scale to {width}x{height} answered {other:?}"),
-            )),
+            other => {
+                Err(self.bad_completion(0, format!("scale to {width}x{height} answered {other:?}")))
+            }
         }
     }
 

@@ -1,8 +1,8 @@
 //! Configuration of an emulated card: its identity, engines and declared capacity.
 
 use vpu_ffi::{
-    VPU_H264_PROFILE_BIT_CONSTRAINED_BASELINE, VPU_H264_PROFILE_BIT_HIGH, VPU_H264_PROFILE_BIT_MAIN,
-    VPU_LOAD_UNITS_PER_ENGINE,
+    VPU_H264_PROFILE_BIT_CONSTRAINED_BASELINE, VPU_H264_PROFILE_BIT_HIGH,
+    VPU_H264_PROFILE_BIT_MAIN, VPU_LOAD_UNITS_PER_ENGINE,
 };
 
 use super::EmuError;
@@ -180,9 +180,11 @@ impl EmuConfig {
                 || self.scale_pixel_rate == 0
                 || self.frame_memory < 64 << 20)
         {
-            return bad("a card with decode engines needs a scaler, non-zero decode and scale \
+            return bad(
+                "a card with decode engines needs a scaler, non-zero decode and scale \
                 pixel rates and at least 64 MiB of frame memory"
-                .into());
+                    .into(),
+            );
         }
         let caps = self.engine_caps().len();
         if caps > vpu_ffi::VPU_MAX_ENGINE_CAPS as usize {

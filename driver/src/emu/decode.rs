@@ -92,10 +92,11 @@ impl DecoderSession {
         // Flushing is left to the Flush command: flushing after every access unit would
         // hand out pictures before reordering is done.
         let config = DecoderConfig::new().flush_after_decode(Flush::NoFlush);
-        let decoder = Decoder::with_api_config(OpenH264API::from_source(), config).map_err(|e| {
-            tracing::error!(error = %e, "creating the decoder failed");
-            Status::generic(VPU_SC_INTERNAL_ERROR)
-        })?;
+        let decoder =
+            Decoder::with_api_config(OpenH264API::from_source(), config).map_err(|e| {
+                tracing::error!(error = %e, "creating the decoder failed");
+                Status::generic(VPU_SC_INTERNAL_ERROR)
+            })?;
         Ok(DecoderSession {
             id,
             engine,
@@ -134,7 +135,10 @@ impl DecoderSession {
         let picture = match decoder.decode_with_options(unit, opts) {
             Ok(Some(pic)) => {
                 let (w, h) = pic.dimensions();
-                Some((to_card_frame(&pic), w > self.max_width || h > self.max_height))
+                Some((
+                    to_card_frame(&pic),
+                    w > self.max_width || h > self.max_height,
+                ))
             }
             Ok(None) => None,
             Err(e) => {
@@ -167,7 +171,10 @@ impl DecoderSession {
             let mut frames = Vec::with_capacity(pictures.len());
             for pic in &pictures {
                 let (w, h) = pic.dimensions();
-                frames.push((to_card_frame(pic), w > self.max_width || h > self.max_height));
+                frames.push((
+                    to_card_frame(pic),
+                    w > self.max_width || h > self.max_height,
+                ));
             }
             drop(pictures);
             for (frame, oversize) in frames {

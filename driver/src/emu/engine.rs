@@ -15,8 +15,8 @@ use vpu_ffi::*;
 use super::controller::Shared;
 use super::lock;
 use super::prp::HostSpan;
-use super::session::EncodeInput;
 use super::queues::{self, Done, Origin, Status};
+use super::session::EncodeInput;
 use super::session::{self, Session};
 
 /// Load is averaged over this window, in `BUCKETS` slots.

@@ -9,10 +9,10 @@ use vpu_ffi::*;
 use super::controller::{Ctrl, Shared};
 use super::dma::Access;
 use super::engine::{EncodeJob, Job, JobKind};
-use super::session::EncodeInput;
-use super::transcode;
 use super::prp::{self, HostSpan, PrpError};
 use super::queues::{Done, Origin, Status};
+use super::session::EncodeInput;
+use super::transcode;
 
 /// Executes an I/O command; `None` when an engine completes it later.
 pub(super) fn execute(

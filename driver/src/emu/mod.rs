@@ -42,9 +42,9 @@ mod queues;
 mod regs;
 mod scale;
 mod session;
-mod transcode;
 #[cfg(test)]
 mod tests;
+mod transcode;
 
 pub use card::{EmuCounters, EmulatedCard};
 pub use config::EmuConfig;

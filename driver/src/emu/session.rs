@@ -13,9 +13,9 @@ use openh264::formats::YUVSource;
 use openh264::OpenH264API;
 use vpu_ffi::*;
 
+use super::frames::CardFrame;
 use super::lock;
 pub(super) use super::params::SessionParams;
-use super::frames::CardFrame;
 use super::prp::{HostSpan, Spans};
 use super::queues::Status;
 
@@ -319,7 +319,7 @@ impl Session {
         };
         let luma_len = stride_y * h;
         let chroma_len = stride_uv * (h / 2);
-        if frame.len() < luma_len + 2 * chroma_len {
+        if card && frame.len() < luma_len + 2 * chroma_len {
             return Err(Status::vendor(VPU_SC_INPUT_TOO_SMALL));
         }
         let y = &frame[..luma_len];

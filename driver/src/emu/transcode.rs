@@ -20,10 +20,10 @@ use super::controller::{Ctrl, Shared};
 use super::decode::DecoderSession;
 use super::dma::from_bytes;
 use super::frames::{CardFrame, FrameMemory};
+use super::lock;
 use super::prp::{self, PrpError};
 use super::queues::{self, Done, Origin, Status};
 use super::scale::{self, Filter};
-use super::lock;
 
 /// Largest access unit Decode Frame takes.
 pub(super) const MAX_ACCESS_UNIT: usize = 16 << 20;
@@ -312,8 +312,13 @@ pub(super) fn decode(
         }
         // The access unit is read into the card as the command starts.
         let mut unit = vec![0u8; len];
-        if let Err(e) = prp::read(&shared.iova, sqe.prp1, sqe.prp2, ctrl.page_size(), &mut unit)
-        {
+        if let Err(e) = prp::read(
+            &shared.iova,
+            sqe.prp1,
+            sqe.prp2,
+            ctrl.page_size(),
+            &mut unit,
+        ) {
             return Some(Done::err(prp_status(shared, e)));
         }
         let s = Arc::clone(&session);

@@ -180,7 +180,10 @@ pub(super) fn run(plan: StepPlan) -> Step {
                 };
                 card.decode(decoder, unit, unit_pts).await
             }
-            UnitInput::Copy(bytes) => card.decode(decoder, FrameInput::Bytes(bytes), unit_pts).await,
+            UnitInput::Copy(bytes) => {
+                card.decode(decoder, FrameInput::Bytes(bytes), unit_pts)
+                    .await
+            }
             UnitInput::Flush => card.flush_decoder(decoder).await,
         }
         .map_err(StepError::Decode)?;

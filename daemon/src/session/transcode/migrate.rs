@@ -28,7 +28,11 @@ impl TranscodeWorker {
 
     /// Moves the ladder off its card (see the module's documentation). Without any card
     /// to go to, or if the reset fails, the session ends with `card-failed`.
-    pub(super) async fn migrate(&mut self, reason: &str, buffers: &mut Buffers) -> Result<(), Ending> {
+    pub(super) async fn migrate(
+        &mut self,
+        reason: &str,
+        buffers: &mut Buffers,
+    ) -> Result<(), Ending> {
         self.entry.migrating.store(true, Ordering::Release);
         self.announce_state();
         let result = self.move_ladder(reason, buffers).await;
@@ -107,9 +111,12 @@ impl TranscodeWorker {
         let timeout = self.daemon.config.timeouts.command();
         tokio::spawn(async move { from.destroy(timeout).await });
         self.entry.card.store(to.card.index, Ordering::Release);
-        self.entry.card_session.store(to.decoder.0, Ordering::Release);
+        self.entry
+            .card_session
+            .store(to.decoder.0, Ordering::Release);
         self.entry.card_epoch.store(to.epoch, Ordering::Release);
-        let (from_index, to_index, to_name) = (self.ladder.card.index, to.card.index, to.card.name.clone());
+        let (from_index, to_index, to_name) =
+            (self.ladder.card.index, to.card.index, to.card.name.clone());
         self.ladder = to;
         // Decode again from the last IDR; drop what was already sent; restart every
         // rendition with a keyframe on the same picture.

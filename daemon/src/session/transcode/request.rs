@@ -1,7 +1,9 @@
 //! What a client asks of a transcode session, once validated (`dbus::params` parses the
 //! `a{sv}` input and `aa{sv}` outputs of `CreateTranscode` into this, and only there).
 
-use vpu_driver::card::{Codec, DecoderConfig, PixelFormat, RateControl, ScaleFilter, SessionConfig};
+use vpu_driver::card::{
+    Codec, DecoderConfig, PixelFormat, RateControl, ScaleFilter, SessionConfig,
+};
 
 use crate::scheduler::{Demand, LadderDemand, Priority};
 
@@ -51,9 +53,9 @@ impl TranscodeRequest {
     /// the largest rendition's.
     pub fn input_size(&self) -> (u32, u32) {
         self.input.size.unwrap_or_else(|| {
-            self.outputs.iter().fold((0, 0), |(w, h), o| {
-                (w.max(o.width), h.max(o.height))
-            })
+            self.outputs
+                .iter()
+                .fold((0, 0), |(w, h), o| (w.max(o.width), h.max(o.height)))
         })
     }
 

@@ -31,9 +31,9 @@ use crate::channel::socket::SeqPacket;
 use crate::metrics::Metrics;
 use crate::scheduler::CardState;
 use crate::service::changes::Change;
+use crate::service::state::{Control, Daemon, SessionEntry};
 use crate::session::buffers::Buffers;
 use crate::session::worker::{wire_frame_type, Ending};
-use crate::service::state::{Control, Daemon, SessionEntry};
 
 /// How often a session's counters are published as property changes.
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
@@ -449,7 +449,10 @@ impl TranscodeWorker {
         let history = self.history.as_mut()?;
         self.history_bytes += data.len();
         if self.history_bytes > MAX_HISTORY {
-            tracing::warn!(bytes = self.history_bytes, "no IDR for too long; the session could not move if its card failed");
+            tracing::warn!(
+                bytes = self.history_bytes,
+                "no IDR for too long; the session could not move if its card failed"
+            );
             self.history = None;
             return None;
         }
@@ -473,7 +476,11 @@ impl TranscodeWorker {
         if e.is_device_fault() || self.card_is_down() {
             self.daemon.metrics.error("card.device-fault");
             tracing::warn!(error = %e, "card fault while transcoding; moving the ladder");
-            crate::service::health::card_fault(&self.daemon, self.ladder.card.index, &e.to_string());
+            crate::service::health::card_fault(
+                &self.daemon,
+                self.ladder.card.index,
+                &e.to_string(),
+            );
             return Some(Flow::Migrate(format!(
                 "card {} failed: {e}",
                 self.ladder.card.name
@@ -483,7 +490,11 @@ impl TranscodeWorker {
     }
 
     /// Sends what a finished step produced.
-    async fn complete(&mut self, done: Running, out: Result<Outcome, StepError>) -> Result<(), Flow> {
+    async fn complete(
+        &mut self,
+        done: Running,
+        out: Result<Outcome, StepError>,
+    ) -> Result<(), Flow> {
         let outcome = match out {
             Ok(o) => o,
             Err(StepError::Decode(e)) => {
@@ -491,9 +502,15 @@ impl TranscodeWorker {
                     return Err(flow);
                 }
                 self.daemon.metrics.error("card.decode");
-                let at = done.unit.map_or("at the end of the stream".to_string(), |p| format!("access unit pts {p}"));
+                let at = done
+                    .unit
+                    .map_or("at the end of the stream".to_string(), |p| {
+                        format!("access unit pts {p}")
+                    });
                 let (code, what) = match e.vendor_status() {
-                    Some(VendorStatus::NoFrameMemory) => (ErrorCode::Resource, "the card's frame memory is full"),
+                    Some(VendorStatus::NoFrameMemory) => {
+                        (ErrorCode::Resource, "the card's frame memory is full")
+                    }
                     Some(VendorStatus::SessionNotFound | VendorStatus::SessionAborted) => {
                         (ErrorCode::CardFailed, "the card lost the decoder")
                     }
@@ -515,7 +532,13 @@ impl TranscodeWorker {
                 } else {
                     ErrorCode::EncodeFailed
                 };
-                return Err(Flow::End(Ending::error(code, format!("picture pts {}: {e}", self.first_pending().unwrap_or_default()))));
+                return Err(Flow::End(Ending::error(
+                    code,
+                    format!(
+                        "picture pts {}: {e}",
+                        self.first_pending().unwrap_or_default()
+                    ),
+                )));
             }
         };
         // The card has read the access unit: its slot is free again.
@@ -529,7 +552,8 @@ impl TranscodeWorker {
                     k.owed = None;
                 }
                 self.owed = self.owed.saturating_sub(1);
-                self.send(&DaemonRecord::FrameDone { buffer_id, pts }).await?;
+                self.send(&DaemonRecord::FrameDone { buffer_id, pts })
+                    .await?;
             }
         }
         match outcome {

@@ -34,12 +34,13 @@ fn dropping_the_card_stops_its_threads() {
         ..EmuConfig::with_index(201)
     };
     let mut host = Host::new(config);
-    // A new thread names itself once it runs.
+    // A new thread names itself once it runs: the controller, three encode engines, the
+    // decoder and the scaler.
     let deadline = Instant::now() + TIMEOUT;
-    while card_threads("emu201-") < 4 && Instant::now() < deadline {
+    while card_threads("emu201-") < 6 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
     }
-    assert_eq!(card_threads("emu201-"), 4);
+    assert_eq!(card_threads("emu201-"), 6);
     // Work queued on a hung engine does not keep the thread alive.
     let p = params(64, 64, false);
     let session = host.create_session(&p);
