@@ -38,6 +38,7 @@ impl FakeDaemon {
         .await;
         let packet = WirePacket {
             pts: f.pts,
+            rendition: 0,
             keyframe: f.force_keyframe(),
             frame_type: if f.force_keyframe() {
                 WireFrameType::Idr
@@ -70,6 +71,7 @@ async fn open(window: u16) -> (FrameSender, PacketReceiver, FakeDaemon) {
             height: H,
             pixel_format: 0,
             session: 3,
+            renditions: 0,
         }))
         .await;
     let channel = DataChannel::open(client, "/org/vpud/Vpud1/session/3".into())
