@@ -33,7 +33,11 @@ pub enum Command {
     Sessions(ListArgs),
     /// Encode a Y4M or raw I420 file to H.264 (Annex-B, or MP4 when OUTPUT ends in .mp4)
     Encode(EncodeArgs),
-    /// Private bus, emulated cards, concurrent sessions encoding a moving test pattern
+    /// Transcode H.264 (Annex-B or MP4, a file or a pipe) into an ABR ladder on one card:
+    /// one MP4 per rendition, and HLS with --hls
+    Transcode(TranscodeArgs),
+    /// Private bus, emulated cards, concurrent sessions encoding a moving test pattern, and
+    /// one of their outputs transcoded into a ladder
     Demo(DemoArgs),
     /// Inject a fault into an emulated card
     Inject(InjectArgs),
@@ -76,6 +80,64 @@ pub struct EncodeArgs {
     /// Pin the session to a card (index or object path)
     #[arg(long, value_name = "CARD")]
     pub card: Option<String>,
+}
+
+/// Options of `vpuctl transcode`.
+#[derive(Debug, Args)]
+pub struct TranscodeArgs {
+    /// Input: H.264 Annex-B or MP4; `-` (standard input) or a FIFO for live input
+    pub input: PathBuf,
+
+    /// Output directory (created): NAME.mp4 per rendition, and with --hls master.m3u8 and
+    /// NAME/index.m3u8 with its segments
+    #[arg(short, long, value_name = "DIR")]
+    pub output: PathBuf,
+
+    /// Renditions as SIZE:BITRATE,... where SIZE is a height (720p, the width following
+    /// the input's aspect ratio) or WIDTHxHEIGHT, e.g. 1080p:6M,720p:3M,480p:1500k,360p:800k
+    #[arg(long, value_name = "LADDER", value_parser = parse_ladder_arg)]
+    pub ladder: Ladder,
+
+    /// Input frames between keyframes, the same in every rendition [default: 2 seconds]
+    #[arg(long, value_name = "G", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub gop: Option<u32>,
+
+    /// Also write HLS: transport stream segments cut at the keyframes every rendition
+    /// shares, a media playlist per rendition and a master playlist
+    #[arg(long)]
+    pub hls: bool,
+
+    /// Target HLS segment length in seconds; a segment ends at the first shared keyframe
+    /// after it
+    #[arg(long, value_name = "S", default_value_t = 4.0, value_parser = parse_segment_seconds)]
+    pub segment_seconds: f64,
+
+    /// Frame rate of an Annex-B input whose SPS carries no timing info, NUM or NUM/DEN
+    #[arg(long, value_name = "FPS", default_value = "30", value_parser = parse_rate)]
+    pub fps: (u32, u32),
+
+    /// Pin the ladder to a card (index or object path)
+    #[arg(long, value_name = "CARD")]
+    pub card: Option<String>,
+}
+
+/// A parsed `--ladder` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ladder(pub Vec<crate::transcode::ladder::Rung>);
+
+fn parse_ladder_arg(s: &str) -> Result<Ladder, String> {
+    crate::transcode::ladder::parse_ladder(s)
+        .map(Ladder)
+        .map_err(|e| e.to_string())
+}
+
+fn parse_segment_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.5..=60.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "segment length `{s}` must be a number of seconds from 0.5 to 60"
+        )),
+    }
 }
 
 /// Options of `vpuctl demo`.

@@ -1,15 +1,18 @@
 //! `vpuctl demo`: a private bus, N emulated cards, M concurrent sessions of different
-//! sizes and bitrates encoding a moving test pattern into MP4 files, then a table per
-//! session and per card.
+//! sizes and bitrates encoding a moving test pattern into MP4 files, then the first
+//! session's MP4 transcoded on a card into an ABR ladder with HLS, and a table per session,
+//! per card and per rendition.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::cli::DemoArgs;
+use super::cli::{DemoArgs, Ladder, TranscodeArgs};
 use super::list::{card_index, percent};
 use super::output::Output;
 use super::private::PrivateDaemon;
 use super::table::{bitrate, Table};
+use super::transcode::ladder::parse_ladder;
+use super::transcode::run::{self, TranscodeSummary};
 use super::CtlError;
 use vpu_driver::media::TestPattern;
 
@@ -42,6 +45,9 @@ pub struct DemoSession {
     pub file: PathBuf,
 }
 
+/// The ladder the demo transcodes the first session's output into.
+const DEMO_LADDER: &str = "720p:2500k,480p:1200k,360p:700k,240p:400k";
+
 /// What the demo did.
 #[derive(Debug, Clone)]
 pub struct DemoReport {
@@ -50,13 +56,20 @@ pub struct DemoReport {
     /// Cards as seen while every session was open.
     pub cards: Vec<CardInfo>,
     pub seconds: f64,
+    /// The ladder made from the first session's file.
+    pub ladder: Option<TranscodeSummary>,
 }
 
 /// Runs the demo.
 pub async fn demo(args: &DemoArgs) -> Result<DemoReport, CtlError> {
     let out_dir = prepare_out_dir(args.out.as_deref())?;
     let daemon = PrivateDaemon::start(args.cards).await?;
-    let result = run_sessions(daemon.client(), args, &out_dir).await;
+    let result = match run_sessions(daemon.client(), args, &out_dir).await {
+        Ok(mut report) => run_ladder(daemon.client(), &mut report)
+            .await
+            .map(|()| report),
+        Err(e) => Err(e),
+    };
     let stopped = daemon.stop().await;
     let report = result?;
     stopped?;
@@ -134,7 +147,33 @@ async fn run_sessions(
         sessions: done,
         cards,
         seconds: start.elapsed().as_secs_f64(),
+        ladder: None,
     })
+}
+
+/// Transcodes the first session's MP4 (720p) into [`DEMO_LADDER`] with HLS, in
+/// `OUT/ladder`.
+async fn run_ladder(client: &Client, report: &mut DemoReport) -> Result<(), CtlError> {
+    let Some(first) = report.sessions.first() else {
+        return Ok(());
+    };
+    eprintln!(
+        "transcoding {} into the ladder {DEMO_LADDER} with HLS",
+        first.file.display()
+    );
+    let args = TranscodeArgs {
+        input: first.file.clone(),
+        output: report.out_dir.join("ladder"),
+        ladder: Ladder(parse_ladder(DEMO_LADDER)?),
+        gop: Some(DEMO_FPS * 2),
+        hls: true,
+        segment_seconds: 2.0,
+        fps: (DEMO_FPS, 1),
+        card: None,
+    };
+    let prepared = run::prepare(&args)?;
+    report.ladder = Some(run::transcode(client, &args, prepared).await?);
+    Ok(())
 }
 
 /// The demo's tables and where its files are.
@@ -179,8 +218,15 @@ pub fn render(report: &DemoReport) -> String {
         ]);
     }
     let total: u64 = report.sessions.iter().map(|s| s.frames).sum();
+    let ladder = match &report.ladder {
+        Some(l) => format!(
+            "\nsession 0's file as an ABR ladder on one card:\n{}",
+            run::render(l)
+        ),
+        None => String::new(),
+    };
     format!(
-        "{}\n{}\n{} sessions on {} emulated cards: {} frames in {:.1} s ({:.1} fps together)\noutput files in {}\n",
+        "{}\n{}{ladder}\n{} sessions on {} emulated cards: {} frames in {:.1} s ({:.1} fps together)\noutput files in {}\n",
         s.render(),
         c.render(),
         report.sessions.len(),

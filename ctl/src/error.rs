@@ -61,6 +61,15 @@ pub enum CtlError {
     /// The private daemon of `--emulate` or `demo` did not start or stop cleanly.
     #[error("starting a private vpud with {cards} emulated card(s) failed: {what}")]
     PrivateDaemon { cards: u32, what: String },
+    /// The transcode input could not be opened or read, or is not usable.
+    #[error(transparent)]
+    Source(#[from] crate::transcode::source::SourceError),
+    /// The ladder does not fit the input.
+    #[error(transparent)]
+    Ladder(#[from] crate::transcode::ladder::LadderError),
+    /// The transcode outputs could not be written.
+    #[error(transparent)]
+    Sink(#[from] crate::transcode::sink::SinkError),
     /// A demo session task failed outside the client library.
     #[error("session {session}: {what}")]
     Session { session: String, what: String },

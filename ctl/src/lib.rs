@@ -3,7 +3,10 @@
 //!
 //! - `status`, `cards`, `sessions`: the daemon's state as tables or JSON ([`list`]);
 //! - `encode`: a Y4M or raw I420 file through one session into Annex-B or MP4 ([`encode`]);
-//! - `demo`: a private daemon with emulated cards and concurrent sessions ([`demo`]);
+//! - `transcode`: an H.264 input through an ABR ladder on one card into MP4s and HLS
+//!   ([`transcode`]);
+//! - `demo`: a private daemon with emulated cards, concurrent sessions and a ladder
+//!   ([`demo`]);
 //! - `inject`: faults into emulated cards ([`inject`]).
 //!
 //! `--emulate N` runs a private daemon for the one command ([`private`]).
@@ -49,6 +52,10 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Encode(args) => Some(encode::open_input(args)?),
         _ => None,
     };
+    let prepared = match &cli.command {
+        Command::Transcode(args) => Some(transcode::run::prepare(args)?),
+        _ => None,
+    };
     let private = match cli.emulate {
         Some(n) => {
             if cli.bus.is_some() {
@@ -68,7 +75,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
             &connected
         }
     };
-    let result = command(client, &cli.command, input).await;
+    let result = command(client, &cli.command, input, prepared).await;
     if let Some(p) = private {
         p.stop().await?;
     }
@@ -80,6 +87,7 @@ async fn command(
     client: &Client,
     command: &Command,
     input: Option<encode::Input>,
+    prepared: Option<transcode::run::Prepared>,
 ) -> Result<String, CtlError> {
     match command {
         Command::Status(a) => list::status(client, a.json).await,
@@ -90,6 +98,12 @@ async fn command(
             let input = input.ok_or_else(|| CtlError::Usage("encode needs an input".into()))?;
             let summary = encode::encode(client, a, input).await?;
             Ok(encode::summary_line(&summary, &a.output))
+        }
+        Command::Transcode(a) => {
+            let prepared =
+                prepared.ok_or_else(|| CtlError::Usage("transcode needs an input".into()))?;
+            let summary = transcode::run::transcode(client, a, prepared).await?;
+            Ok(transcode::run::render(&summary))
         }
         Command::Demo(_) => Err(CtlError::Usage("demo is run on its own".into())),
     }
