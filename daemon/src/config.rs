@@ -78,6 +78,7 @@ pub struct Config {
     pub vfio: VfioConfig,
     pub timeouts: Timeouts,
     pub metrics: MetricsConfig,
+    pub transcode: TranscodeConfig,
 }
 
 impl Default for Config {
@@ -91,6 +92,29 @@ impl Default for Config {
             vfio: VfioConfig::default(),
             timeouts: Timeouts::default(),
             metrics: MetricsConfig::default(),
+            transcode: TranscodeConfig::default(),
+        }
+    }
+}
+
+/// Pictures a transcode session keeps in flight on its card unless configured.
+pub const DEFAULT_PICTURES_IN_FLIGHT: u16 = 4;
+
+/// Transcode sessions (`docs/scheduling.md`, "Transcode ladders").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TranscodeConfig {
+    /// Pictures of one ladder on its card at once (decoded and not yet encoded by every
+    /// rendition), 1–16: 1 runs one picture at a time through decode, scale and encode;
+    /// more lets the card's engines work on several pictures side by side, each picture
+    /// holding its decoded and scaled copies in the card's frame memory.
+    pub pictures_in_flight: u16,
+}
+
+impl Default for TranscodeConfig {
+    fn default() -> Self {
+        TranscodeConfig {
+            pictures_in_flight: DEFAULT_PICTURES_IN_FLIGHT,
         }
     }
 }
@@ -393,6 +417,13 @@ impl Config {
                 "1 to 256",
             ));
         }
+        if !(1..=16).contains(&self.transcode.pictures_in_flight) {
+            return Err(invalid(
+                "transcode.pictures_in_flight",
+                self.transcode.pictures_in_flight.to_string(),
+                "1 to 16 pictures",
+            ));
+        }
         for id in &self.vfio.ids {
             if parse_pci_id(id).is_none() {
                 return Err(invalid(
@@ -461,12 +492,15 @@ command_ms = 2000
 [metrics]
 enabled = true
 address = "[::1]:9100"
+[transcode]
+pictures_in_flight = 2
 "#,
             "t",
         )
         .unwrap();
         assert_eq!(c.policy, Policy::Pack);
         assert_eq!(c.threads, 4);
+        assert_eq!(c.transcode.pictures_in_flight, 2);
         assert_eq!(c.quotas.sessions_per_client, 4);
         assert_eq!(c.emulated.engines, 4);
         assert_eq!(c.vfio.parsed_ids(), vec![(0x1ded, 0x5650)]);

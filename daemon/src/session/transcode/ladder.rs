@@ -1,13 +1,17 @@
 //! A ladder on one card: its decoder and one encode session per rendition, and the work
-//! of one access unit through them (decode; per rendition scale and encode; frames
-//! released), all on the card, with only the access unit going in and packets coming out.
+//! on the card: access units decoded one after another, and each picture that comes out
+//! scaled and encoded per rendition, its frames released, with only the access units going
+//! in and packets coming out. Several pictures may be in flight at once; each rendition's
+//! encodes reach the card in picture order.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use tokio::sync::oneshot;
 use vpu_driver::card::{Card, CardError, CardFrame, FrameInput, Packet, ScaleFilter, SessionId};
 use vpu_driver::io::DmaBuffer;
 
@@ -114,60 +118,14 @@ pub(super) enum UnitInput {
     Flush,
 }
 
-/// What one step did with its input.
-#[derive(Debug)]
-pub(super) enum Outcome {
-    /// The decoder produced no picture (parameter sets, or a picture held for reordering;
-    /// after a flush: the decoder is empty).
-    NoPicture,
-    /// A picture came out and was dropped: it had already been sent before the ladder
-    /// moved.
-    Skipped,
-    /// A picture came out: one packet per rendition, in rendition order.
-    Encoded(Vec<Packet>),
-}
+/// A Decode Frame (or, at the end of the stream, a flush) in flight: the picture it
+/// completes, if any.
+pub(super) type Decode = Pin<Box<dyn Future<Output = Result<Option<CardFrame>, CardError>> + Send>>;
 
-/// Where a step failed: the input (decoding), or the card's work on a picture.
-#[derive(Debug)]
-pub(super) enum StepError {
-    Decode(CardError),
-    Picture(CardError),
-}
-
-/// The plan for one step, fixed when it starts.
-#[derive(Debug, Clone)]
-pub(super) struct StepPlan {
-    pub card: Arc<Card>,
-    pub decoder: SessionId,
-    pub encoders: Vec<Encoder>,
-    pub input: UnitInput,
-    /// The pts the access unit carries (ignored for a flush).
-    pub unit_pts: u64,
-    /// The pts a picture coming out now has (the smallest not yet output).
-    pub picture_pts: u64,
-    /// Per rendition: force an IDR on the picture.
-    pub force: Vec<bool>,
-    /// Drop a picture that comes out (already sent).
-    pub skip: bool,
-}
-
-pub(super) type Step = Pin<Box<dyn Future<Output = Result<Outcome, StepError>> + Send>>;
-
-/// Runs one step: decode, then for every rendition scale (unless the picture already
-/// has its size) and encode, the renditions side by side; every frame is released.
-pub(super) fn run(plan: StepPlan) -> Step {
+/// Starts decoding an access unit (or taking the next picture out at the end).
+pub(super) fn decode(card: Arc<Card>, decoder: SessionId, input: UnitInput, pts: u64) -> Decode {
     Box::pin(async move {
-        let StepPlan {
-            card,
-            decoder,
-            encoders,
-            input,
-            unit_pts,
-            picture_pts,
-            force,
-            skip,
-        } = plan;
-        let picture = match &input {
+        match &input {
             UnitInput::Dma {
                 buffer,
                 offset,
@@ -178,54 +136,115 @@ pub(super) fn run(plan: StepPlan) -> Step {
                     offset: *offset,
                     len: *len,
                 };
-                card.decode(decoder, unit, unit_pts).await
+                card.decode(decoder, unit, pts).await
             }
-            UnitInput::Copy(bytes) => {
-                card.decode(decoder, FrameInput::Bytes(bytes), unit_pts)
-                    .await
-            }
+            UnitInput::Copy(bytes) => card.decode(decoder, FrameInput::Bytes(bytes), pts).await,
             UnitInput::Flush => card.flush_decoder(decoder).await,
         }
-        .map_err(StepError::Decode)?;
-        let Some(picture) = picture else {
-            return Ok(Outcome::NoPicture);
-        };
-        if skip {
-            card.release_frame(picture)
-                .await
-                .map_err(StepError::Picture)?;
-            return Ok(Outcome::Skipped);
-        }
-        let renditions = encoders.iter().zip(force).map(|(e, force)| {
-            let card = Arc::clone(&card);
-            let e = *e;
-            async move { rendition(&card, picture, e, picture_pts, force).await }
-        });
-        let results = join_all(renditions).await;
-        let released = card.release_frame(picture).await;
-        let packets = results
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(StepError::Picture)?;
-        released.map_err(StepError::Picture)?;
-        Ok(Outcome::Encoded(packets))
     })
 }
 
-/// One rendition of one picture: scaled when its size differs, encoded, the scaled frame
-/// released.
+/// What became of a picture.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    /// Dropped: it had already been sent before the ladder moved.
+    Skipped,
+    /// One packet per rendition, in rendition order.
+    Encoded(Vec<Packet>),
+}
+
+/// A picture's end: its pts and its outcome.
+#[derive(Debug)]
+pub(super) struct Finished {
+    pub pts: u64,
+    pub result: Result<Outcome, CardError>,
+}
+
+/// A picture in flight on the card.
+pub(super) type Picture = Pin<Box<dyn Future<Output = Finished> + Send>>;
+
+/// The turn of one rendition's next encode: the previous picture's encode of that
+/// rendition is on the card's queue (or failed) once it resolves. Encode Frame commands
+/// of one session must reach the card in picture order, while scaling may finish in any.
+pub(super) type Turn = oneshot::Receiver<()>;
+
+/// Releases a picture that was already sent before the ladder moved.
+pub(super) fn skip(card: Arc<Card>, picture: CardFrame, pts: u64) -> Picture {
+    Box::pin(async move {
+        let result = card.release_frame(picture).await.map(|()| Outcome::Skipped);
+        Finished { pts, result }
+    })
+}
+
+/// Starts a picture through every rendition: scaled (unless it already has the
+/// rendition's size) and encoded, after the rendition's previous picture (`turns`, which
+/// this picture's turns replace); then every frame is released.
+pub(super) fn encode(
+    card: &Arc<Card>,
+    encoders: &[Encoder],
+    picture: CardFrame,
+    pts: u64,
+    force: &[bool],
+    turns: &mut [Option<Turn>],
+) -> Picture {
+    let renditions: Vec<_> = encoders
+        .iter()
+        .zip(force)
+        .zip(turns.iter_mut())
+        .map(|((e, &force), turn)| {
+            let (next, mine) = oneshot::channel();
+            let after = turn.replace(mine);
+            rendition(Arc::clone(card), picture, *e, pts, force, after, next)
+        })
+        .collect();
+    let card = Arc::clone(card);
+    Box::pin(async move {
+        let results = join_all(renditions).await;
+        let released = card.release_frame(picture).await;
+        let result = results
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|packets| released.map(|()| Outcome::Encoded(packets)));
+        Finished { pts, result }
+    })
+}
+
+/// One rendition of one picture: scaled when its size differs, encoded once the
+/// rendition's previous picture is on its way (`after`), the scaled frame released.
+/// Dropping `next` (at any return) lets the rendition's next picture go on.
 async fn rendition(
-    card: &Card,
+    card: Arc<Card>,
     picture: CardFrame,
     e: Encoder,
     pts: u64,
     force: bool,
+    after: Option<Turn>,
+    next: oneshot::Sender<()>,
 ) -> Result<Packet, CardError> {
-    if (picture.width, picture.height) == (e.width, e.height) {
-        return card.encode_card_frame(e.sid, picture, pts, force).await;
+    let scaled = if (picture.width, picture.height) == (e.width, e.height) {
+        None
+    } else {
+        Some(card.scale(picture, e.width, e.height, e.filter).await?)
+    };
+    if let Some(after) = after {
+        // An error only means the previous picture's rendition ended early.
+        let _ = after.await;
     }
-    let scaled = card.scale(picture, e.width, e.height, e.filter).await?;
-    let packet = card.encode_card_frame(e.sid, scaled, pts, force).await;
+    let source = scaled.unwrap_or(picture);
+    let packet = {
+        let mut encode = std::pin::pin!(card.encode_card_frame(e.sid, source, pts, force));
+        // Polled once before the next picture may start: the command is then on the
+        // card's queue, or first in line for a free slot.
+        let first = std::future::poll_fn(|cx| Poll::Ready(encode.as_mut().poll(cx))).await;
+        drop(next);
+        match first {
+            Poll::Ready(r) => r,
+            Poll::Pending => encode.await,
+        }
+    };
+    let Some(scaled) = scaled else {
+        return packet;
+    };
     let released = card.release_frame(scaled).await;
     let packet = packet?;
     released?;

@@ -1,9 +1,9 @@
 //! Moving a whole ladder off a card that failed or is being reset: a new placement and
 //! card sessions for the decoder and every encoder on one other card (or back on the same
-//! card after its reset), the kept access units since the last IDR decoded again there,
-//! the pictures already sent dropped, and every rendition restarting with a keyframe on
-//! the same picture. Every input picture still comes out of every rendition once, in
-//! order.
+//! card after its reset), the kept access units since the IDR before the oldest picture
+//! not yet sent decoded again there, the pictures already sent dropped, and every
+//! rendition restarting with a keyframe on the same picture. Every input picture still
+//! comes out of every rendition once, in order.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -35,6 +35,11 @@ impl TranscodeWorker {
     ) -> Result<(), Ending> {
         self.entry.migrating.store(true, Ordering::Release);
         self.announce_state();
+        // What was on the old card ends there (failed with it, or aborted once its
+        // sessions are destroyed) and releases its frames; its pictures are made again.
+        let stale = std::mem::take(&mut self.in_flight);
+        let timeout = self.daemon.config.timeouts.command();
+        tokio::spawn(async move { stale.finish(timeout).await });
         let result = self.move_ladder(reason, buffers).await;
         self.entry.awaiting_reset.store(false, Ordering::Release);
         self.entry.migrating.store(false, Ordering::Release);
@@ -47,7 +52,7 @@ impl TranscodeWorker {
             card_fault: true,
             ..Ending::error(ErrorCode::CardFailed, format!("{reason}; {why}"))
         };
-        let Some(kept) = self.history.as_ref().map(Vec::len) else {
+        let Some(restart) = self.history.restart(self.decoded) else {
             return Err(failed(
                 "the input had no IDR for too long to be decoded again on another card".into(),
             ));
@@ -118,14 +123,19 @@ impl TranscodeWorker {
         let (from_index, to_index, to_name) =
             (self.ladder.card.index, to.card.index, to.card.name.clone());
         self.ladder = to;
-        // Decode again from the last IDR; drop what was already sent; restart every
-        // rendition with a keyframe on the same picture.
-        self.replay = (0..kept).collect();
+        // Decode again from the IDR before the oldest picture not sent; drop what was
+        // already sent; restart every rendition with a keyframe on the same picture.
+        let replayed = restart.replay.len();
+        self.replay = restart.replay;
         self.pending.clear();
-        self.skip = self.pictures.saturating_sub(self.pictures_at_history);
+        self.decoded = restart.first_picture;
         self.force_next = true;
+        for turn in &mut self.turns {
+            *turn = None;
+        }
         Metrics::add(&self.daemon.metrics.sessions_migrated, 1);
-        tracing::warn!(to = %to_name, replayed = kept, skipped = self.skip, "ladder moved");
+        let skipped = self.sent.saturating_sub(restart.first_picture);
+        tracing::warn!(to = %to_name, replayed, skipped, "ladder moved");
         self.daemon.changes.push(Change::SessionMigrated {
             session: Arc::clone(&self.entry),
             from: from_index,

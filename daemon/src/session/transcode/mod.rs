@@ -4,11 +4,15 @@
 //! [`request`] is the validated request; [`create`] admits the whole ladder on one card
 //! (decode, scale and every encode; `NoCapacity` when no single card can take it) and
 //! creates its card sessions ([`ladder`]); the session's task ([`worker`]) takes access
-//! units from the data channel and sends every rendition's packets back; when the card
-//! fails, the whole ladder moves ([`migrate`]).
+//! units from the data channel, keeps several pictures in flight on the card
+//! ([`pipeline`]) and sends every rendition's packets back; when the card fails, the whole
+//! ladder moves ([`migrate`]), starting again from the access units kept for it
+//! ([`history`]).
 
+mod history;
 mod ladder;
 mod migrate;
+mod pipeline;
 pub mod request;
 mod worker;
 
