@@ -1,19 +1,23 @@
 //! The 4-rung ABR ladder (1080p 6 Mb/s, 720p 3 Mb/s, 480p 1.5 Mb/s, 360p 800 kb/s) from a
-//! 1080p30 H.264 input, three ways, paired in one run:
+//! 1080p30 H.264 input, five ways, paired in one run:
 //!
 //! - **on-card**: `vpuctl transcode` through vpud (a separate process, one emulated card):
 //!   the card decodes once, scales and encodes every rendition; the host only moves
-//!   compressed data;
+//!   compressed data. Twice: with `[transcode] pictures_in_flight = 1` (one picture at a
+//!   time through decode, scale and encode) and with the default (several pictures on the
+//!   card at once), each on its own vpud;
 //! - **ffmpeg**: the same ladder on the host with ffmpeg's own decoder and scaler
-//!   (bilinear) and libx264 (`ultrafast`, no B-frames, the same GOP and bit rates), one
-//!   thread for the decoder, the filter graph and each encoder;
+//!   (bilinear) and libx264 (`ultrafast`, no B-frames, the same GOP and bit rates). Twice:
+//!   one thread for the decoder, the filter graph and each encoder, and as many threads
+//!   for each as the host has cores;
 //! - **naive vpud**: decode (openh264) and scale (fast_image_resize, bilinear, as the card
 //!   does) on the host, then four separate encode sessions through vpud.
 //!
 //! For each: wall-clock per input frame, and host CPU per input frame: the client's
-//! process plus vpud's own threads. The emulated card's threads (`emuN-…`: its decoder,
-//! scaler and encoders, which are the card's silicon on real hardware) are counted apart,
-//! as card CPU.
+//! process plus vpud's own threads. The emulated card's threads (`emuN-…`: its
+//! controller, decoder, scaler and encoders, which are the card's silicon on real
+//! hardware) are counted apart, as card CPU; on this machine they run on the same cores
+//! as everything else.
 //!
 //! `cargo bench -p vpuctl --bench transcode` (env `VPUD_BENCH_FRAMES`, default 120, and
 //! `VPUD_BENCH_ROUNDS`, default 3; medians over rounds, paths in rotating order).
@@ -22,6 +26,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use fast_image_resize::images::{Image, ImageRef};
@@ -42,17 +47,70 @@ const RUNGS: [(u32, u32, u32); 4] = [
 const FPS: u32 = 30;
 const GOP: u32 = 60;
 
-/// CPU seconds of one side of a measurement.
+/// CPU seconds of one side of a measurement; `engines`: the card's share by thread kind
+/// (controller, encoders, decoders, scalers).
 #[derive(Debug, Clone, Copy, Default)]
 struct Cpu {
     host: f64,
     card: f64,
+    engines: [f64; 4],
+}
+
+const ENGINE_KINDS: [&str; 4] = ["ctrl", "eng", "dec", "scl"];
+
+/// How many of the card's engine threads (encoders, decoders, scalers) had work, sampled
+/// every few milliseconds while a transcode ran: samples with 0, 1, 2, 3 and 4 or more in
+/// state R (running, or ready and waiting for a core).
+#[derive(Debug, Clone, Copy, Default)]
+struct Busy {
+    samples: [u64; 5],
+}
+
+impl Busy {
+    /// Engines with work on average, over the samples where any had.
+    fn mean(&self) -> f64 {
+        let busy: u64 = self.samples[1..].iter().sum();
+        let engines: u64 = (1..5).map(|k| k as u64 * self.samples[k]).sum();
+        engines as f64 / busy.max(1) as f64
+    }
+
+    /// Share of those samples with at least two engines with work.
+    fn overlap(&self) -> f64 {
+        let busy: u64 = self.samples[1..].iter().sum();
+        self.samples[2..].iter().sum::<u64>() as f64 / busy.max(1) as f64
+    }
+}
+
+/// Samples the engine threads of process `pid` until `stop`.
+fn sample_engines(pid: u32, stop: &AtomicBool) -> Busy {
+    let mut busy = Busy::default();
+    let tasks = format!("/proc/{pid}/task");
+    while !stop.load(Ordering::Relaxed) {
+        let mut running = 0;
+        for task in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+                continue;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let comm = &stat[open + 1..close];
+            let engine = comm.starts_with("emu") && !comm.ends_with("-ctrl");
+            if engine && stat[close + 1..].trim_start().starts_with('R') {
+                running += 1;
+            }
+        }
+        busy.samples[running.min(4)] += 1;
+        std::thread::sleep(Duration::from_millis(4));
+    }
+    busy
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Run {
     wall: f64,
     cpu: Cpu,
+    busy: Busy,
 }
 
 /// A `vpud --emulate 1` process on a private bus.
@@ -62,10 +120,11 @@ struct Vpud {
 }
 
 impl Vpud {
-    async fn start(binary: &Path) -> Vpud {
+    async fn start(binary: &Path, config: &Path) -> Vpud {
         let bus = PrivateBus::start().expect("a private dbus-daemon (package dbus)");
         let child = Command::new(binary)
-            .args(["--bus", bus.address(), "--emulate", "1"])
+            .args(["--bus", bus.address(), "--emulate", "1", "--config"])
+            .arg(config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -96,6 +155,10 @@ impl Vpud {
             let secs = (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / ticks();
             if comm.starts_with("emu") {
                 cpu.card += secs;
+                let kind = comm.split('-').nth(1).unwrap_or("");
+                if let Some(k) = ENGINE_KINDS.iter().position(|p| kind.starts_with(p)) {
+                    cpu.engines[k] += secs;
+                }
             } else {
                 cpu.host += secs;
             }
@@ -170,15 +233,21 @@ fn frames_of(path: &Path) -> u64 {
 fn on_card(vpuctl: &Path, vpud: &Vpud, input: &Path, out: &Path) -> Run {
     let _ = std::fs::remove_dir_all(out);
     let (children, daemon) = (rusage(libc::RUSAGE_CHILDREN), vpud.cpu());
+    let stop = AtomicBool::new(false);
     let start = Instant::now();
-    let res = Command::new(vpuctl)
-        .args(["--bus", vpud.bus.address(), "transcode"])
-        .arg(input)
-        .arg("-o")
-        .arg(out)
-        .args(["--ladder", LADDER, "--gop", &GOP.to_string()])
-        .output()
-        .unwrap();
+    let (res, busy) = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| sample_engines(vpud.child.id(), &stop));
+        let res = Command::new(vpuctl)
+            .args(["--bus", vpud.bus.address(), "transcode"])
+            .arg(input)
+            .arg("-o")
+            .arg(out)
+            .args(["--ladder", LADDER, "--gop", &GOP.to_string()])
+            .output()
+            .unwrap();
+        stop.store(true, Ordering::Relaxed);
+        (res, sampler.join().unwrap())
+    });
     let wall = start.elapsed().as_secs_f64();
     assert!(
         res.status.success(),
@@ -191,20 +260,28 @@ fn on_card(vpuctl: &Path, vpud: &Vpud, input: &Path, out: &Path) -> Run {
         cpu: Cpu {
             host: rusage(libc::RUSAGE_CHILDREN) - children + d.host - daemon.host,
             card: d.card - daemon.card,
+            engines: std::array::from_fn(|k| d.engines[k] - daemon.engines[k]),
         },
+        busy,
     }
 }
 
-fn ffmpeg(input: &Path, out: &Path) -> Run {
+fn ffmpeg(input: &Path, out: &Path, threads: usize) -> Run {
+    let threads = threads.to_string();
     std::fs::create_dir_all(out).unwrap();
     let mut graph = String::from("[0:v]split=4[s0][s1][s2][s3]");
     for (i, (w, h, _)) in RUNGS.iter().enumerate() {
         graph.push_str(&format!(";[s{i}]scale={w}:{h}:flags=bilinear[o{i}]"));
     }
     let mut cmd = Command::new("ffmpeg");
-    cmd.args(["-v", "error", "-y", "-threads", "1", "-i"])
+    cmd.args(["-v", "error", "-y", "-threads", &threads, "-i"])
         .arg(input);
-    cmd.args(["-filter_complex_threads", "1", "-filter_complex", &graph]);
+    cmd.args([
+        "-filter_complex_threads",
+        &threads,
+        "-filter_complex",
+        &graph,
+    ]);
     for (i, (_, h, bps)) in RUNGS.iter().enumerate() {
         cmd.args([
             "-map",
@@ -214,7 +291,7 @@ fn ffmpeg(input: &Path, out: &Path) -> Run {
             "-preset",
             "ultrafast",
         ]);
-        cmd.args(["-threads", "1", "-bf", "0", "-g", &GOP.to_string()]);
+        cmd.args(["-threads", &threads, "-bf", "0", "-g", &GOP.to_string()]);
         cmd.args(["-b:v", &bps.to_string()]);
         cmd.arg(out.join(format!("{h}p.mp4")));
     }
@@ -231,8 +308,9 @@ fn ffmpeg(input: &Path, out: &Path) -> Run {
         wall,
         cpu: Cpu {
             host: rusage(libc::RUSAGE_CHILDREN) - children,
-            card: 0.0,
+            ..Cpu::default()
         },
+        busy: Busy::default(),
     }
 }
 
@@ -332,7 +410,9 @@ async fn naive(vpud: &Vpud, input: &Path, frames: u64) -> Run {
         cpu: Cpu {
             host: rusage(libc::RUSAGE_SELF) - own + d.host - daemon.host,
             card: d.card - daemon.card,
+            engines: std::array::from_fn(|k| d.engines[k] - daemon.engines[k]),
         },
+        busy: Busy::default(),
     }
 }
 
@@ -377,67 +457,140 @@ async fn main() {
         .unwrap();
     assert!(made.success(), "ffmpeg makes the input");
     let (vpuctl, vpud_bin) = binaries();
-    let vpud = Vpud::start(&vpud_bin).await;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let serial_config = dir.path().join("serial.toml");
+    std::fs::write(&serial_config, "[transcode]\npictures_in_flight = 1\n").unwrap();
+    let default_config = dir.path().join("default.toml");
+    std::fs::write(&default_config, "").unwrap();
+    let serial = Vpud::start(&vpud_bin, &serial_config).await;
+    let vpud = Vpud::start(&vpud_bin, &default_config).await;
 
     let names = [
-        "on-card ladder (vpud)",
-        "ffmpeg on the host (libx264)",
-        "naive vpud (host decode + scale, 4 sessions)",
+        "on-card ladder, 1 picture in flight (before)".to_string(),
+        "on-card ladder, default pictures in flight (4)".to_string(),
+        "ffmpeg on the host (libx264), 1 thread each".to_string(),
+        format!("ffmpeg on the host (libx264), {cores} threads each"),
+        "naive vpud (host decode + scale, 4 sessions)".to_string(),
     ];
-    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); 3];
+    let subs = ["card1", "card", "ffmpeg1", "ffmpeg", ""];
+    let paths = names.len();
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); paths];
     for round in 0..rounds {
-        for k in 0..3 {
-            let path = (round + k) % 3;
+        for k in 0..paths {
+            let path = (round + k) % paths;
+            let out = dir.path().join(subs[path]);
             let run = match path {
-                0 => on_card(&vpuctl, &vpud, &input, &dir.path().join("card")),
-                1 => ffmpeg(&input, &dir.path().join("ffmpeg")),
+                0 => on_card(&vpuctl, &serial, &input, &out),
+                1 => on_card(&vpuctl, &vpud, &input, &out),
+                2 => ffmpeg(&input, &out, 1),
+                3 => ffmpeg(&input, &out, cores),
                 _ => naive(&vpud, &input, frames).await,
             };
             runs[path].push(run);
         }
     }
     for (h, _, _) in RUNGS.iter().map(|(w, h, b)| (h, w, b)) {
-        for sub in ["card", "ffmpeg"] {
+        for sub in &subs[..4] {
             let f = frames_of(&dir.path().join(sub).join(format!("{h}p.mp4")));
             assert_eq!(f, frames, "{sub} {h}p frames");
         }
     }
     let n = frames as f64;
-    println!("{frames} frames of 1080p30 into {LADDER}, GOP {GOP}, {rounds} rounds (medians)\n");
-    println!("| path | wall ms/frame | fps | host CPU ms/frame | card CPU ms/frame | fps per host CPU-second |");
-    println!("|---|---|---|---|---|---|");
-    let mut host = [0.0; 3];
-    let mut fps = [0.0; 3];
+    println!(
+        "{frames} frames of 1080p30 into {LADDER}, GOP {GOP}, {rounds} rounds (medians), {cores} cores\n"
+    );
+    println!("| path | wall ms/frame | fps | host CPU ms/frame | card CPU ms/frame | host + card CPU ms/frame | fps per host CPU-second | fps per host + card CPU-second |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut host = vec![0.0; paths];
+    let mut total = vec![0.0; paths];
+    let mut fps = vec![0.0; paths];
     for (i, name) in names.iter().enumerate() {
         let wall = median(runs[i].iter().map(|r| r.wall).collect());
         let h = median(runs[i].iter().map(|r| r.cpu.host).collect());
         let c = median(runs[i].iter().map(|r| r.cpu.card).collect());
+        let t = median(runs[i].iter().map(|r| r.cpu.host + r.cpu.card).collect());
         host[i] = h * 1e3 / n;
+        total[i] = t * 1e3 / n;
         fps[i] = n / wall;
         println!(
-            "| {name} | {:.2} | {:.1} | {:.2} | {:.2} | {:.1} |",
+            "| {name} | {:.2} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} |",
             wall * 1e3 / n,
             n / wall,
             host[i],
             c * 1e3 / n,
-            n / h.max(1e-9)
+            total[i],
+            n / h.max(1e-9),
+            n / t.max(1e-9),
         );
     }
     println!();
-    println!(
-        "host CPU per frame, on-card ÷ naive vpud: {:.3} (target ≤ 0.8)",
-        host[0] / host[2]
+    println!("card CPU ms/frame by thread (medians):\n");
+    println!("| path | controller | encoders | decoder | scaler |");
+    println!("|---|---|---|---|---|");
+    for i in [0, 1, 4] {
+        let k = |k: usize| median(runs[i].iter().map(|r| r.cpu.engines[k]).collect()) * 1e3 / n;
+        println!(
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            names[i],
+            k(0),
+            k(1),
+            k(2),
+            k(3)
+        );
+    }
+    println!();
+    println!("card engines with work (state R: running or waiting for a core), sampled every 4 ms, all rounds:\n");
+    println!("| path | engines with work, mean when any | samples with ≥ 2 |");
+    println!("|---|---|---|");
+    for i in [0, 1] {
+        let mut all = Busy::default();
+        for r in &runs[i] {
+            for (a, b) in all.samples.iter_mut().zip(r.busy.samples) {
+                *a += b;
+            }
+        }
+        println!(
+            "| {} | {:.2} | {:.0} % |",
+            names[i],
+            all.mean(),
+            all.overlap() * 100.0
+        );
+    }
+    println!();
+    let ratio = |what: &str, v: f64, target: &str| println!("{what}: {v:.3}{target}");
+    ratio(
+        "host CPU per frame, on-card ÷ naive vpud",
+        host[1] / host[4],
+        " (target ≤ 0.8)",
     );
-    println!(
-        "host CPU per frame, on-card ÷ ffmpeg: {:.3}",
-        host[0] / host[1]
+    ratio(
+        "host CPU per frame, on-card ÷ ffmpeg (1 thread each)",
+        host[1] / host[2],
+        "",
     );
-    println!(
-        "wall-clock throughput, on-card ÷ ffmpeg: {:.3}",
-        fps[0] / fps[1]
+    ratio(
+        "wall-clock throughput, on-card ÷ on-card with 1 picture in flight",
+        fps[1] / fps[0],
+        "",
     );
-    println!(
-        "frames per host CPU-second, on-card ÷ ffmpeg: {:.2}",
-        host[1] / host[0]
+    ratio(
+        "wall-clock throughput, on-card ÷ ffmpeg (1 thread each)",
+        fps[1] / fps[2],
+        "",
+    );
+    ratio(
+        &format!("wall-clock throughput, on-card ÷ ffmpeg ({cores} threads each)"),
+        fps[1] / fps[3],
+        "",
+    );
+    ratio(
+        "frames per host CPU-second, on-card ÷ ffmpeg (1 thread each)",
+        host[2] / host[1],
+        "",
+    );
+    ratio(
+        "frames per host + card CPU-second, on-card ÷ ffmpeg (1 thread each)",
+        total[2] / total[1],
+        "",
     );
 }
