@@ -207,6 +207,50 @@ async fn a_card_fault_mid_ladder_loses_no_frame() {
     let _ = Variant::from(0u32);
 }
 
+/// The same with an IDR every third input picture: IDRs are decoded while pictures
+/// before them are still on the card, and the fault comes among them. Every rendition
+/// still has every picture once, in order, and decodes to the input's frame count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_fault_with_idrs_in_flight_loses_no_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = 36u32;
+    let input = testsrc2(dir.path(), 640, 360, frames, 3).unwrap();
+    let stream = std::fs::read(&input).unwrap();
+    let units = access_units(&stream);
+    let vpud = start(2, config()).await.unwrap();
+    let client = Client::connect(Some(vpud.address())).await.unwrap();
+    let ladder = [(640, 360, 800_000), (320, 180, 300_000)];
+    let mut t = client.create_transcode(&params(&ladder, 6)).await.unwrap();
+    let card = t.proxy().card().await.unwrap();
+    let conn = client.connection().clone();
+    let packets = run(&mut t, &units, Some(14), || async move {
+        let opts: HashMap<String, OwnedVariant> = HashMap::new();
+        conn.call_method(
+            Some(BUS_NAME),
+            card.as_str(),
+            Some("org.vpud.Vpud1.Emulator"),
+            "InjectFault",
+            &("fatal-status", opts),
+        )
+        .await
+        .unwrap();
+    })
+    .await
+    .unwrap();
+    check_packets(&packets, ladder.len(), u64::from(frames)).unwrap();
+    let files = write_renditions(dir.path(), &packets, ladder.len()).unwrap();
+    for file in &files {
+        let probed = probe_frames(file).unwrap();
+        assert_eq!(probed.len(), frames as usize, "{}", file.display());
+    }
+    let migrated = vpud
+        .daemon()
+        .metrics
+        .sessions_migrated
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(migrated >= 1, "the ladder did not move");
+}
+
 /// A ladder larger than any one card can take is refused with `NoCapacity`, and nothing
 /// of it is left on any card.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
