@@ -363,6 +363,9 @@ struct vpu_cqe {
 #define VPU_PROFILE_H264_MAIN 77u
 #define VPU_PROFILE_H264_HIGH 100u
 
+/* AV1 profiles: seq_profile + 1 (0 stays "the card's default") */
+#define VPU_PROFILE_AV1_MAIN 1u /* seq_profile 0: 8/10-bit 4:2:0 */
+
 /* vpu_session_params.flags */
 #define VPU_SESSION_LOW_LATENCY (1u << 0)
 
@@ -373,7 +376,7 @@ struct vpu_cqe {
 struct vpu_session_params {
     uint8_t codec;        /* VPU_CODEC_* */
     uint8_t profile;      /* VPU_PROFILE_*; 0: the card's default */
-    uint8_t level;        /* level_idc * 10 for H.264 (e.g. 31 = 3.1); 0: automatic */
+    uint8_t level;        /* major * 10 + minor (H.264 3.1 = 31, AV1 5.1 = 51); 0: automatic */
     uint8_t pixel_format; /* VPU_PIXFMT_* */
     uint16_t width;       /* luma samples, even */
     uint16_t height;      /* luma samples, even */

@@ -168,6 +168,7 @@ pub const VPU_RC_CQP: u32 = 2;
 pub const VPU_PROFILE_H264_CONSTRAINED_BASELINE: u32 = 66;
 pub const VPU_PROFILE_H264_MAIN: u32 = 77;
 pub const VPU_PROFILE_H264_HIGH: u32 = 100;
+pub const VPU_PROFILE_AV1_MAIN: u32 = 1;
 pub const VPU_SESSION_LOW_LATENCY: u32 = 1;
 pub const VPU_ENGINE_ANY: u32 = 65535;
 pub const VPU_IDENTIFY_MAGIC: &[u8; 5] = b"VPU1\0";

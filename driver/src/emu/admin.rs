@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use vpu_ffi::*;
 
+use super::av1_jobs;
+use super::config::EmuConfig;
 use super::controller::{Ctrl, Shared, QUEUE_PAIRS};
 use super::dma::{as_bytes, from_bytes, Pod};
 use super::engine::JobKind;
@@ -95,6 +97,18 @@ fn pad(dst: &mut [core::ffi::c_char], s: &str) {
     }
 }
 
+/// The union of the codecs the card's engines encode (Identify's legacy mask).
+fn encode_codecs(cfg: &EmuConfig) -> u32 {
+    let mut mask = 0;
+    if cfg.av1_engines < cfg.engines {
+        mask |= 1 << VPU_CODEC_H264;
+    }
+    if cfg.av1_engines > 0 {
+        mask |= 1 << VPU_CODEC_AV1;
+    }
+    mask
+}
+
 fn identify(shared: &Shared, ctrl: &Ctrl, sqe: &vpu_sqe) -> Option<Done> {
     if sqe.cdw10 & 0xff != VPU_IDENTIFY_CNS_CONTROLLER {
         return invalid_field();
@@ -122,7 +136,7 @@ fn identify(shared: &Shared, ctrl: &Ctrl, sqe: &vpu_sqe) -> Option<Done> {
         decode_engines: cfg.decode_engines,
         scale_engines: cfg.scale_engines,
         capacity_per_engine: cfg.capacity_per_engine,
-        codecs: 1 << VPU_CODEC_H264,
+        codecs: encode_codecs(cfg),
         max_width: cfg.max_width,
         max_height: cfg.max_height,
         max_sessions_per_engine: cfg.max_sessions_per_engine,
@@ -400,6 +414,19 @@ fn abort(shared: &Shared, ctrl: &mut Ctrl, sqe: &vpu_sqe) -> Option<Done> {
                 );
             }
         }
+        let sessions: Vec<_> = ctrl.sessions.values().cloned().collect();
+        for session in sessions {
+            for origin in av1_jobs::abort_held(&session, |o| o.sqid == sqid && o.cid == cid) {
+                aborted = true;
+                session.counters.errors.fetch_add(1, Ordering::Relaxed);
+                queues::post(
+                    shared,
+                    ctrl,
+                    origin,
+                    Done::err(Status::generic(VPU_SC_ABORT_REQUESTED)),
+                );
+            }
+        }
     }
     tracing::info!(card = %shared.name, queue = sqid, cid, aborted, "abort");
     Some(Done::ok(if aborted { 0 } else { VPU_ABORT_NOT_ABORTED }))
@@ -430,7 +457,11 @@ fn create_session(shared: &Shared, ctrl: &mut Ctrl, sqe: &vpu_sqe) -> Option<Don
         d.0 += s.params.pixel_rate();
         d.1 += 1;
     }
-    let room = |e: usize| demand[e].1 < shared.config.max_sessions_per_engine;
+    // Only engines of the session's codec, with room for one more session.
+    let room = |e: usize| {
+        shared.config.engine_codec(e) == params.codec
+            && demand[e].1 < shared.config.max_sessions_per_engine
+    };
     let engine = if hint < engines && room(hint) {
         Some(hint)
     } else {
@@ -467,6 +498,14 @@ fn destroy_session(shared: &Shared, ctrl: &mut Ctrl, sqe: &vpu_sqe) -> Option<Do
     session.destroyed.store(true, Ordering::Release);
     let engine = &shared.engines[usize::from(session.engine)];
     engine.counters.sessions.fetch_sub(1, Ordering::Relaxed);
+    for origin in av1_jobs::take_all(&session) {
+        queues::post(
+            shared,
+            ctrl,
+            origin,
+            Done::err(Status::vendor(VPU_SC_SESSION_ABORTED)),
+        );
+    }
     for job in engine.take(|j| Arc::ptr_eq(&j.session, &session)) {
         queues::post(
             shared,

@@ -65,7 +65,14 @@ impl EmulatedCard {
             class_code: VPU_PCI_CLASS_NVME,
         };
         let engines = (0..config.engines)
-            .map(|i| Arc::new(Engine::new(i)))
+            .map(|i| {
+                let at = usize::from(i);
+                Arc::new(Engine::new(
+                    i,
+                    config.engine_codec(at),
+                    config.engine_pixel_rate(at),
+                ))
+            })
             .collect();
         let (decoders, scalers, frame_memory) = (
             config.decode_engines,

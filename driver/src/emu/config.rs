@@ -1,7 +1,8 @@
-//! Configuration of an emulated card: its identity, engines and declared capacity.
+//! Configuration of an emulated card: its identity, engines (the mix of H.264 and AV1
+//! encoders) and declared capacity.
 
 use vpu_ffi::{
-    VPU_H264_PROFILE_BIT_CONSTRAINED_BASELINE, VPU_H264_PROFILE_BIT_HIGH,
+    VPU_AV1_PROFILE_BIT_MAIN, VPU_H264_PROFILE_BIT_CONSTRAINED_BASELINE, VPU_H264_PROFILE_BIT_HIGH,
     VPU_H264_PROFILE_BIT_MAIN, VPU_LOAD_UNITS_PER_ENGINE,
 };
 
@@ -12,6 +13,20 @@ use crate::card::{Codec, EngineCaps, EngineKind};
 pub(super) const ENCODER_MAX_LONG_SIDE: u16 = 3840;
 pub(super) const ENCODER_MAX_SHORT_SIDE: u16 = 2160;
 
+/// Luma samples per second an AV1 engine declares by default: 1280x720 at 24 frames/s,
+/// an estimate for `rav1e` at the card's settings on one quiet core of the project's
+/// hosts; a loaded host measured far less (`BENCHMARKS.md`, "AV1 engines").
+pub const AV1_PIXEL_RATE: u64 = 1280 * 720 * 24;
+
+/// The codec an encode engine of an emulated card encodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineCodec {
+    /// `openh264`: Constrained Baseline H.264.
+    H264,
+    /// `rav1e`: AV1 Main profile, 8-bit 4:2:0.
+    Av1,
+}
+
 /// What an emulated card looks like to the host.
 #[derive(Debug, Clone)]
 pub struct EmuConfig {
@@ -19,9 +34,15 @@ pub struct EmuConfig {
     pub index: u32,
     /// Encode engines, each a worker thread (1..=16).
     pub engines: u8,
+    /// How many of the engines (the last ones) encode AV1 (with `rav1e`) instead of H.264
+    /// (with `openh264`); 0..=`engines`.
+    pub av1_engines: u8,
+    /// Luma samples per second one AV1 engine sustains, as declared in Identify's AV1
+    /// entries (and paced to with `pace`).
+    pub av1_pixel_rate_per_engine: u64,
     /// Load units one engine provides (`VPU_LOAD_UNITS_PER_ENGINE` = one engine).
     pub capacity_per_engine: u32,
-    /// Luma samples per second one engine sustains, as declared in Identify.
+    /// Luma samples per second one H.264 engine sustains, as declared in Identify.
     pub pixel_rate_per_engine: u64,
     /// Throttle each engine to `pixel_rate_per_engine`, so that scheduling sees the
     /// declared throughput rather than the host CPU's.
@@ -64,6 +85,8 @@ impl EmuConfig {
             engines: 2,
             capacity_per_engine: VPU_LOAD_UNITS_PER_ENGINE,
             pixel_rate_per_engine: 1280 * 720 * 240,
+            av1_engines: 0,
+            av1_pixel_rate_per_engine: AV1_PIXEL_RATE,
             pace: false,
             max_width: ENCODER_MAX_LONG_SIDE,
             max_height: ENCODER_MAX_SHORT_SIDE,
@@ -86,18 +109,25 @@ impl EmuConfig {
     }
 
     /// The engine capability table the card reports in Identify: each engine encodes
-    /// Constrained Baseline H.264 (what the software encoder produces).
+    /// one codec, Constrained Baseline H.264 or Main profile AV1 (what the software
+    /// encoders produce), at its own pixel rate.
     pub fn engine_caps(&self) -> Vec<EngineCaps> {
-        let encode = (0..self.engines).map(|engine| EngineCaps {
-            engine,
-            kind: EngineKind::Encode,
-            codec: Some(Codec::H264),
-            max_level: 0,
-            profiles: VPU_H264_PROFILE_BIT_CONSTRAINED_BASELINE,
-            max_width: self.max_width,
-            max_height: self.max_height,
-            capacity: self.capacity_per_engine,
-            pixel_rate: self.pixel_rate_per_engine,
+        let encode = (0..self.engines).map(|engine| {
+            let (codec, profiles) = match self.engine_codec(usize::from(engine)) {
+                EngineCodec::H264 => (Codec::H264, VPU_H264_PROFILE_BIT_CONSTRAINED_BASELINE),
+                EngineCodec::Av1 => (Codec::Av1, VPU_AV1_PROFILE_BIT_MAIN),
+            };
+            EngineCaps {
+                engine,
+                kind: EngineKind::Encode,
+                codec: Some(codec),
+                max_level: 0,
+                profiles,
+                max_width: self.max_width,
+                max_height: self.max_height,
+                capacity: self.capacity_per_engine,
+                pixel_rate: self.engine_pixel_rate(usize::from(engine)),
+            }
         });
         // openh264's decoder takes Constrained Baseline, Main and High streams.
         let decode = (0..self.decode_engines).map(|engine| EngineCaps {
@@ -132,6 +162,23 @@ impl EmuConfig {
         format!("0000:e0:{:02x}.0", self.index)
     }
 
+    /// What engine `index` encodes.
+    pub fn engine_codec(&self, index: usize) -> EngineCodec {
+        if index + usize::from(self.av1_engines) >= usize::from(self.engines) {
+            EngineCodec::Av1
+        } else {
+            EngineCodec::H264
+        }
+    }
+
+    /// Luma samples per second engine `index` declares.
+    pub fn engine_pixel_rate(&self, index: usize) -> u64 {
+        match self.engine_codec(index) {
+            EngineCodec::H264 => self.pixel_rate_per_engine,
+            EngineCodec::Av1 => self.av1_pixel_rate_per_engine,
+        }
+    }
+
     pub(super) fn validate(&self) -> Result<(), EmuError> {
         let bad = |reason: String| {
             Err(EmuError::InvalidConfig {
@@ -145,6 +192,15 @@ impl EmuConfig {
                 vpu_ffi::VPU_MAX_ENGINES,
                 self.engines
             ));
+        }
+        if self.av1_engines > self.engines {
+            return bad(format!(
+                "av1_engines ({}) must not exceed engines ({})",
+                self.av1_engines, self.engines
+            ));
+        }
+        if self.av1_engines > 0 && self.av1_pixel_rate_per_engine == 0 {
+            return bad("av1_pixel_rate_per_engine must be non-zero".into());
         }
         if self.capacity_per_engine == 0 {
             return bad("capacity_per_engine must be non-zero".into());

@@ -1,7 +1,9 @@
 //! Encode engines: one worker thread each, taking jobs in order.
 //!
-//! An engine owns the encoders of the sessions placed on it (they are only ever locked by
-//! its thread while encoding). With `pace`, an engine holds each frame for the time its
+//! An engine encodes one codec (`EngineCodec`): H.264 jobs complete as they are coded;
+//! AV1 jobs go through `av1_jobs`, which holds each Encode Frame until its temporal unit
+//! is out and drains sessions left idle. An engine owns the encoders of the sessions
+//! placed on it (they are only ever locked by its thread while encoding). With `pace`, an engine holds each frame for the time its
 //! declared pixel rate needs, so that its throughput is the card's, not the host CPU's.
 //! Load is measured over the last second as busy time × capacity.
 
@@ -12,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use vpu_ffi::*;
 
+use super::av1::IDLE_DRAIN;
+use super::av1_jobs::{self, Posts};
+use super::config::EngineCodec;
 use super::controller::Shared;
 use super::lock;
 use super::prp::HostSpan;
@@ -28,6 +33,10 @@ pub(super) struct EncodeJob {
     pub input: EncodeInput,
     pub output: HostSpan,
     pub force_idr: bool,
+    /// VPU_ENCODE_END_OF_STREAM: an engine that holds frames drains after this one.
+    pub end_of_stream: bool,
+    /// The frame's presentation timestamp (CDW12–13).
+    pub pts: u64,
 }
 
 pub(super) enum JobKind {
@@ -93,6 +102,9 @@ pub(super) struct EngineCounters {
 /// One encode engine.
 pub(super) struct Engine {
     pub index: u8,
+    pub codec: EngineCodec,
+    /// Luma samples per second it declares (pacing holds frames to it).
+    pub pixel_rate: u64,
     pub counters: EngineCounters,
     queue: Mutex<Queue>,
     cv: Condvar,
@@ -103,14 +115,17 @@ impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("index", &self.index)
+            .field("codec", &self.codec)
             .finish()
     }
 }
 
 impl Engine {
-    pub fn new(index: u8) -> Self {
+    pub fn new(index: u8, codec: EngineCodec, pixel_rate: u64) -> Self {
         Self {
             index,
+            codec,
+            pixel_rate,
             counters: EngineCounters::default(),
             queue: Mutex::new(Queue::default()),
             cv: Condvar::new(),
@@ -205,12 +220,13 @@ impl Engine {
         w.busy[slot] += ns;
     }
 
-    /// Waits for the next job; `None` when stopping. Returns the slow-down factor too.
-    fn next(&self) -> Option<(Job, u32)> {
+    /// Waits for the next job (with the slow-down factor), or until `idle` has passed
+    /// with nothing to do.
+    fn next(&self, idle: Option<Instant>) -> Next {
         let mut q = lock(&self.queue);
         loop {
             if q.stop {
-                return None;
+                return Next::Stop;
             }
             let now = Instant::now();
             if let Some((_, Some(until))) = q.faults.slow {
@@ -230,10 +246,18 @@ impl Engine {
             if wait.is_none() {
                 if let Some(job) = q.jobs.pop_front() {
                     let factor = q.faults.slow.map_or(1, |(f, _)| f);
-                    return Some((job, factor));
+                    return Next::Job(job, factor);
+                }
+                if idle.is_some_and(|at| now >= at) {
+                    return Next::Idle;
                 }
             }
-            let timeout = wait.unwrap_or(Duration::from_secs(3600));
+            // A hung engine does not drain either: its held commands wait with it.
+            let timeout = match (wait, idle) {
+                (None, Some(at)) => at - now,
+                (Some(w), _) => w,
+                (None, None) => Duration::from_secs(3600),
+            };
             q = self
                 .cv
                 .wait_timeout(q, timeout)
@@ -243,27 +267,107 @@ impl Engine {
     }
 }
 
+/// What an engine thread does next.
+enum Next {
+    Job(Job, u32),
+    /// A session's held frames waited long enough: drain it.
+    Idle,
+    Stop,
+}
+
+/// Holds the engine for a frame as long as its declared pixel rate needs (with `pace`),
+/// times the slow-down `factor`; records the busy time.
+fn pace(shared: &Shared, engine: &Engine, start: Instant, luma: u64, factor: u32) {
+    let worked = start.elapsed();
+    // Pacing holds the frame for the declared rate; a slow engine takes `factor` times as
+    // long as it otherwise would.
+    let paced = if shared.config.pace {
+        let ns = luma * 1_000_000_000 / engine.pixel_rate.max(1);
+        worked.max(Duration::from_nanos(ns))
+    } else {
+        worked
+    };
+    let total = paced.checked_mul(factor).unwrap_or(paced);
+    if let Some(rest) = total.checked_sub(start.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    engine.record_busy(start.elapsed().as_nanos() as u64);
+}
+
+/// Posts finished commands and raises their interrupts.
+fn post_all(shared: &Shared, posts: Posts) {
+    if posts.is_empty() {
+        return;
+    }
+    let mut ctrl = lock(&shared.ctrl);
+    for (origin, done) in posts {
+        queues::post(shared, &mut ctrl, origin, done);
+    }
+    queues::flush_interrupts(shared, &mut ctrl);
+}
+
 /// The engine thread.
 pub(super) fn run(shared: Arc<Shared>, engine: Arc<Engine>) {
-    let pixel_rate = shared.config.pixel_rate_per_engine.max(1);
-    while let Some((job, factor)) = engine.next() {
+    // AV1 sessions with held commands, to drain when they fall idle.
+    let mut holding: Vec<Arc<Session>> = Vec::new();
+    loop {
+        holding.retain(|s| lock(&s.held).oldest().is_some());
+        let idle = holding
+            .iter()
+            .filter_map(|s| lock(&s.held).oldest())
+            .min()
+            .map(|t| t + IDLE_DRAIN);
+        let (job, factor) = match engine.next(idle) {
+            Next::Stop => break,
+            Next::Idle => {
+                let now = Instant::now();
+                for s in &holding {
+                    let due = lock(&s.held)
+                        .oldest()
+                        .is_some_and(|t| t + IDLE_DRAIN <= now);
+                    if due && !shared.removed.load(Ordering::Acquire) {
+                        tracing::debug!(card = %shared.name, session = s.id, "draining an idle AV1 session");
+                        post_all(&shared, av1_jobs::drain(&shared, &engine, s));
+                    }
+                }
+                continue;
+            }
+            Next::Job(job, factor) => (job, factor),
+        };
         if shared.removed.load(Ordering::Acquire) {
             // A card that fell off the bus does nothing more.
             continue;
         }
-        let done = match &job.kind {
-            JobKind::Encode(_) if !shared.bus_master() => {
-                Done::err(Status::generic(VPU_SC_DATA_TRANSFER_ERROR))
+        let posts: Posts = match &job.kind {
+            JobKind::Encode(_) if !shared.bus_master() => vec![(
+                job.origin,
+                Done::err(Status::generic(VPU_SC_DATA_TRANSFER_ERROR)),
+            )],
+            JobKind::Flush if job.session.is_av1() => {
+                let mut posts = av1_jobs::drain(&shared, &engine, &job.session);
+                posts.push((job.origin, Done::ok(0)));
+                posts
             }
-            JobKind::Flush => Done::ok(0),
-            JobKind::Encode(_) if job.session.destroyed.load(Ordering::Acquire) => {
-                Done::err(Status::vendor(VPU_SC_SESSION_ABORTED))
+            JobKind::Flush => vec![(job.origin, Done::ok(0))],
+            JobKind::Encode(_) if job.session.destroyed.load(Ordering::Acquire) => vec![(
+                job.origin,
+                Done::err(Status::vendor(VPU_SC_SESSION_ABORTED)),
+            )],
+            JobKind::Encode(e) if job.session.is_av1() => {
+                let start = Instant::now();
+                busy(&engine, true);
+                let posts = av1_jobs::encode(&shared, &engine, &job.session, job.origin, e);
+                pace(&shared, &engine, start, job.session.params.luma(), factor);
+                busy(&engine, false);
+                if lock(&job.session.held).oldest().is_some()
+                    && !holding.iter().any(|s| Arc::ptr_eq(s, &job.session))
+                {
+                    holding.push(Arc::clone(&job.session));
+                }
+                posts
             }
             JobKind::Encode(e) => {
-                engine
-                    .counters
-                    .state
-                    .store(VPU_ENGINE_STATE_BUSY as u8, Ordering::Relaxed);
+                busy(&engine, true);
                 let start = Instant::now();
                 let generation = job.origin.generation;
                 let may_write = || {
@@ -276,27 +380,11 @@ pub(super) fn run(shared: Arc<Shared>, engine: Arc<Engine>) {
                 let result = job
                     .session
                     .encode(&e.input, &e.output, e.force_idr, may_write);
-                let worked = start.elapsed();
-                // Pacing holds the frame for the declared rate; a slow engine takes
-                // `factor` times as long as it otherwise would.
-                let paced = if shared.config.pace {
-                    let ns = job.session.params.luma() * 1_000_000_000 / pixel_rate;
-                    worked.max(Duration::from_nanos(ns))
-                } else {
-                    worked
-                };
-                let total = paced.checked_mul(factor).unwrap_or(paced);
-                if let Some(rest) = total.checked_sub(start.elapsed()) {
-                    std::thread::sleep(rest);
-                }
-                engine.record_busy(start.elapsed().as_nanos() as u64);
-                engine
-                    .counters
-                    .state
-                    .store(VPU_ENGINE_STATE_IDLE as u8, Ordering::Relaxed);
+                pace(&shared, &engine, start, job.session.params.luma(), factor);
+                busy(&engine, false);
                 session::count(&job.session, &result);
                 let c = &engine.counters;
-                match result {
+                let done = match result {
                     Ok(enc) => {
                         c.frames.fetch_add(1, Ordering::Relaxed);
                         c.bytes.fetch_add(u64::from(enc.bytes), Ordering::Relaxed);
@@ -315,11 +403,20 @@ pub(super) fn run(shared: Arc<Shared>, engine: Arc<Engine>) {
                         c.errors.fetch_add(1, Ordering::Relaxed);
                         Done::err(status)
                     }
-                }
+                };
+                vec![(job.origin, done)]
             }
         };
-        let mut ctrl = lock(&shared.ctrl);
-        queues::post(&shared, &mut ctrl, job.origin, done);
-        queues::flush_interrupts(&shared, &mut ctrl);
+        post_all(&shared, posts);
     }
+}
+
+/// Marks the engine busy or idle in its log.
+fn busy(engine: &Engine, busy: bool) {
+    let state = if busy {
+        VPU_ENGINE_STATE_BUSY
+    } else {
+        VPU_ENGINE_STATE_IDLE
+    };
+    engine.counters.state.store(state as u8, Ordering::Relaxed);
 }

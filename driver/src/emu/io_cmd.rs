@@ -113,6 +113,8 @@ fn encode(shared: &Shared, ctrl: &mut Ctrl, sqe: &vpu_sqe, origin: Origin) -> Op
             input,
             output,
             force_idr: flags & VPU_ENCODE_FORCE_IDR != 0,
+            end_of_stream: flags & VPU_ENCODE_END_OF_STREAM != 0,
+            pts: u64::from(sqe.cdw12) | (u64::from(sqe.cdw13) << 32),
         }),
     });
     None

@@ -1,12 +1,12 @@
-//! The emulated VPU card: an NVMe controller model with video engines running a software
-//! H.264 encoder.
+//! The emulated VPU card: an NVMe controller model with video engines running software
+//! encoders (H.264 with `openh264`, AV1 with `rav1e`).
 //!
 //! [`EmulatedCard`] implements [`DeviceIo`](crate::io::DeviceIo) the way a real card behind
 //! VFIO behaves, per `ffi/include/vpu.h`: a register file on BAR0 with the CC.EN/CSTS.RDY
 //! handshake, PCI configuration space with Bus Master Enable, queues read from and written
 //! to host memory through an IOVA table (an unmapped IOVA is a DMA fault, as behind an
 //! IOMMU), completions with phase tags, one interrupt eventfd per completion queue, and
-//! `engines` worker threads that encode with `openh264`. Faults can be injected
+//! `engines` worker threads that encode with `openh264` or, on AV1 engines, `rav1e`. Faults can be injected
 //! ([`Fault`]).
 //!
 //! Layout: `card` (the `DeviceIo` face, thread ownership, fault injection), `pci` (config
@@ -14,7 +14,8 @@
 //! `queues` (submission and completion queues, completion posting, interrupts),
 //! `controller` (shared state and the thread that fetches commands), `admin` and `io_cmd`
 //! (command handlers), `dma` and `prp` (IOVA table and PRP walking), `params`, `session`
-//! and `engine` (the encoders), `fault`, `config`. `tests/` drives the card only through
+//! and `engine` (the encoders), `av1` (the AV1 encoder) and `av1_jobs` (AV1 commands held
+//! until their temporal unit is out), `fault`, `config`. `tests/` drives the card only through
 //! `DeviceIo`, with a small host-side queue builder.
 //!
 //! Threads: one controller thread fetches and dispatches I/O commands; admin commands run
@@ -26,6 +27,8 @@
 //! bitstream and post).
 
 mod admin;
+mod av1;
+mod av1_jobs;
 mod card;
 mod config;
 mod controller;
@@ -46,8 +49,9 @@ mod session;
 mod tests;
 mod transcode;
 
+pub use av1::{cbr_config as av1_cbr_config, SPEED as AV1_SPEED, THREADS as AV1_THREADS};
 pub use card::{EmuCounters, EmulatedCard};
-pub use config::EmuConfig;
+pub use config::{EmuConfig, EngineCodec, AV1_PIXEL_RATE};
 pub use fault::Fault;
 
 use std::sync::{Mutex, MutexGuard};

@@ -7,7 +7,7 @@ use openh264::encoder::{
 };
 use vpu_ffi::*;
 
-use super::config::{EmuConfig, ENCODER_MAX_LONG_SIDE, ENCODER_MAX_SHORT_SIDE};
+use super::config::{EmuConfig, EngineCodec, ENCODER_MAX_LONG_SIDE, ENCODER_MAX_SHORT_SIDE};
 use super::queues::Status;
 
 /// Maximum data transfer size (Identify MDTS): 2^13 pages of 4 KiB, 32 MiB.
@@ -17,7 +17,8 @@ pub(super) const MAX_TRANSFER: usize = 4096 << MDTS;
 
 /// Validated session parameters.
 #[derive(Debug, Clone)]
-pub(super) struct SessionParams {
+pub(crate) struct SessionParams {
+    pub codec: EngineCodec,
     pub nv12: bool,
     pub width: usize,
     pub height: usize,
@@ -31,7 +32,23 @@ pub(super) struct SessionParams {
     /// VBR peak (bit/s) above `bitrate`, if any.
     pub max_bitrate: Option<u32>,
     pub gop: u32,
+    /// H.264 level (`None`: automatic).
     pub level: Option<Level>,
+    /// AV1 `seq_level_idx` (`None`: automatic).
+    pub av1_level: Option<u8>,
+}
+
+/// AV1's `seq_level_idx` for a level given as major × 10 + minor (e.g. 51 = 5.1), as the
+/// session parameters carry it; `Some(None)` for 0 (automatic), `None` when no such level.
+fn av1_level(level: u8) -> Option<Option<u8>> {
+    if level == 0 {
+        return Some(None);
+    }
+    let (major, minor) = (level / 10, level % 10);
+    if !(2..=7).contains(&major) || minor > 3 {
+        return None;
+    }
+    Some(Some((major - 2) * 4 + minor))
 }
 
 fn level(idc: u8) -> Option<Option<Level>> {
@@ -63,21 +80,30 @@ impl SessionParams {
     pub fn validate(p: &vpu_session_params, cfg: &EmuConfig) -> Result<Self, Status> {
         let invalid = Status::vendor(VPU_SC_INVALID_PARAMS);
         let unsupported = Status::vendor(VPU_SC_UNSUPPORTED_FORMAT);
-        if u32::from(p.codec) != VPU_CODEC_H264 {
-            return Err(Status::vendor(VPU_SC_UNSUPPORTED_CODEC));
-        }
+        let codec = match u32::from(p.codec) {
+            VPU_CODEC_H264 if cfg.av1_engines < cfg.engines => EngineCodec::H264,
+            VPU_CODEC_AV1 if cfg.av1_engines > 0 => EngineCodec::Av1,
+            _ => return Err(Status::vendor(VPU_SC_UNSUPPORTED_CODEC)),
+        };
         let nv12 = match u32::from(p.pixel_format) {
             VPU_PIXFMT_I420 => false,
             VPU_PIXFMT_NV12 => true,
             _ => return Err(unsupported),
         };
-        if !matches!(
-            u32::from(p.profile),
-            0 | VPU_PROFILE_H264_CONSTRAINED_BASELINE
-        ) {
+        let profile_ok = match codec {
+            EngineCodec::H264 => matches!(
+                u32::from(p.profile),
+                0 | VPU_PROFILE_H264_CONSTRAINED_BASELINE
+            ),
+            EngineCodec::Av1 => matches!(u32::from(p.profile), 0 | VPU_PROFILE_AV1_MAIN),
+        };
+        if !profile_ok {
             return Err(unsupported);
         }
-        let level = level(p.level).ok_or(invalid)?;
+        let (level, av1_level) = match codec {
+            EngineCodec::H264 => (level(p.level).ok_or(invalid)?, None),
+            EngineCodec::Av1 => (None, av1_level(p.level).ok_or(invalid)?),
+        };
         if p.bframes != 0 {
             return Err(unsupported);
         }
@@ -117,7 +143,7 @@ impl SessionParams {
         let (bitrate, max_bitrate, qp) = (p.bitrate, p.max_bitrate, p.qp);
         match u32::from(p.rate_control) {
             VPU_RC_CBR | VPU_RC_VBR => {
-                // openh264 takes the bitrate as a C int.
+                // openh264 takes the bitrate as a C int, rav1e as an i32.
                 if bitrate < 1000 || bitrate > i32::MAX as u32 {
                     return Err(invalid);
                 }
@@ -133,6 +159,7 @@ impl SessionParams {
             _ => return Err(unsupported),
         }
         Ok(Self {
+            codec,
             nv12,
             width: usize::from(w),
             height: usize::from(h),
@@ -147,6 +174,7 @@ impl SessionParams {
                 .then_some(max_bitrate),
             gop: p.gop,
             level,
+            av1_level,
         })
     }
 

@@ -1,4 +1,5 @@
-//! Encode sessions: the persistent `openh264` encoder of each, and Encode Frame.
+//! Encode sessions: the persistent encoder of each (`openh264` on H.264 engines, `rav1e`
+//! on AV1 engines, see `av1` and `av1_jobs`), and Encode Frame.
 //!
 //! The input frame is read straight from the host's DMA memory: the planes are slices of
 //! the mapped region, handed to the encoder as a `YUVSource` with the session's strides.
@@ -13,6 +14,9 @@ use openh264::formats::YUVSource;
 use openh264::OpenH264API;
 use vpu_ffi::*;
 
+use super::av1::{Av1Encoder, Av1Input, Rate, TemporalUnit};
+use super::av1_jobs::Held;
+use super::config::EngineCodec;
 use super::frames::CardFrame;
 use super::lock;
 pub(super) use super::params::SessionParams;
@@ -37,6 +41,16 @@ struct Pending {
     fps: Option<(u32, u32)>,
 }
 
+/// Buffers an input frame is staged in when it cannot be read in place.
+#[derive(Default)]
+struct Staging {
+    /// A frame gathered from several host regions.
+    gather: Vec<u8>,
+    /// NV12 chroma de-interleaved to U and V planes.
+    chroma: Vec<u8>,
+}
+
+/// The encoder of an H.264 session.
 struct Codec {
     encoder: Encoder,
     /// Whether the encoder has seen a frame (openh264 initialises on the first one).
@@ -47,10 +61,7 @@ struct Codec {
     fps: f32,
     /// The next frame must be an IDR (after an output that did not fit was dropped).
     idr_next: bool,
-    /// A frame gathered from several host regions.
-    gather: Vec<u8>,
-    /// NV12 chroma de-interleaved to U and V planes.
-    chroma: Vec<u8>,
+    staging: Staging,
     /// Lowest QP the rate control may choose; raised when a frame overflows the encoder.
     qp_floor: u8,
 }
@@ -61,6 +72,13 @@ struct Codec {
 /// engine clamps QP instead of failing; so does this one, then re-codes the frame as an IDR.
 const QP_FLOORS: [u8; 4] = [0, 24, 32, 40];
 
+/// A session's encoder, with the buffers its input is staged in.
+enum Coder {
+    // Both boxed: the encoders' states are kilobytes, of different sizes.
+    H264(Box<Mutex<Codec>>),
+    Av1(Box<Mutex<(Av1Encoder, Staging)>>),
+}
+
 /// One encode session, placed on one engine.
 pub(super) struct Session {
     pub id: u32,
@@ -70,7 +88,11 @@ pub(super) struct Session {
     /// Set when the session is destroyed; queued work completes SESSION_ABORTED.
     pub destroyed: AtomicBool,
     pending: Mutex<Pending>,
-    codec: Mutex<Codec>,
+    codec: Coder,
+    /// AV1 Encode Frame commands whose temporal units have not come out yet, oldest
+    /// first, and a unit kept for the retry of a command whose buffer was too small.
+    /// Locked after (never while waiting for) the controller state.
+    pub held: Mutex<Held>,
 }
 
 impl std::fmt::Debug for Session {
@@ -180,25 +202,34 @@ fn route_log(encoder: &mut Encoder) {
 
 impl Session {
     pub fn new(id: u32, engine: u8, params: SessionParams) -> Result<Self, Status> {
-        let fps = params.fps();
-        let encoder = new_encoder(&params, params.bitrate, fps, QP_FLOORS[0])?;
+        let codec = match params.codec {
+            EngineCodec::H264 => {
+                let fps = params.fps();
+                let encoder = new_encoder(&params, params.bitrate, fps, QP_FLOORS[0])?;
+                Coder::H264(Box::new(Mutex::new(Codec {
+                    encoder,
+                    started: false,
+                    peak_set: false,
+                    bitrate: params.bitrate,
+                    fps,
+                    idr_next: false,
+                    staging: Staging::default(),
+                    qp_floor: QP_FLOORS[0],
+                })))
+            }
+            EngineCodec::Av1 => Coder::Av1(Box::new(Mutex::new((
+                Av1Encoder::new(params.clone())?,
+                Staging::default(),
+            )))),
+        };
         Ok(Self {
             id,
             engine,
             counters: SessionCounters::default(),
             destroyed: AtomicBool::new(false),
             pending: Mutex::new(Pending::default()),
-            codec: Mutex::new(Codec {
-                encoder,
-                started: false,
-                peak_set: false,
-                bitrate: params.bitrate,
-                fps,
-                idr_next: false,
-                gather: Vec::new(),
-                chroma: Vec::new(),
-                qp_floor: QP_FLOORS[0],
-            }),
+            codec,
+            held: Mutex::new(Held::default()),
             params,
         })
     }
@@ -245,9 +276,67 @@ impl Session {
         Ok(p.force_idr)
     }
 
-    /// Encodes one frame from `input` into `output`. On OUTPUT_TOO_SMALL nothing is
-    /// written and the next frame is coded as an IDR, so a retry keeps the stream
-    /// decodable. The bitstream is written only while `may_write` grants it.
+    /// Codes one frame of an AV1 session. Returns the temporal units that came out, in
+    /// order (of earlier frames, and of this one when the encoder's lookahead allows),
+    /// and whether this frame went in: units drained before a failure are still
+    /// returned.
+    pub fn encode_av1(
+        &self,
+        input: &EncodeInput,
+        force_idr: bool,
+    ) -> (Vec<TemporalUnit>, Result<(), Status>) {
+        let mut out = Vec::new();
+        let Coder::Av1(av1) = &self.codec else {
+            return (out, Err(Status::vendor(VPU_SC_ENGINE_FAULT)));
+        };
+        let mut guard = lock(av1);
+        let (enc, staging) = &mut *guard;
+        let planes = match stage(&self.params, input, staging) {
+            Ok(p) => p,
+            Err(s) => return (out, Err(s)),
+        };
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        let now = enc.rate();
+        let (fps_num, fps_den) = pending.fps.unwrap_or((now.fps_num, now.fps_den));
+        let rate = Rate {
+            bitrate: pending.bitrate.unwrap_or(now.bitrate),
+            fps_num,
+            fps_den,
+        };
+        if let Err(s) = enc.set_rate(rate, &mut out) {
+            return (out, Err(s));
+        }
+        let frame = Av1Input {
+            y: planes.y,
+            u: planes.u,
+            v: planes.v,
+            stride_y: planes.stride_y,
+            stride_uv: planes.stride_uv,
+            force_key: force_idr || pending.force_idr,
+        };
+        let r = enc.encode(&frame, &mut out);
+        (out, r)
+    }
+
+    /// Drains an AV1 session's encoder: the temporal units of every frame given so far.
+    pub fn drain_av1(&self) -> (Vec<TemporalUnit>, Result<(), Status>) {
+        let mut out = Vec::new();
+        let Coder::Av1(av1) = &self.codec else {
+            return (out, Ok(()));
+        };
+        let r = lock(av1).0.drain(&mut out);
+        (out, r)
+    }
+
+    /// Whether the session encodes AV1 (its Encode Frame commands may be held).
+    pub fn is_av1(&self) -> bool {
+        matches!(self.codec, Coder::Av1(_))
+    }
+
+    /// Encodes one frame of an H.264 session from `input` into `output`. On
+    /// OUTPUT_TOO_SMALL nothing is written and the next frame is coded as an IDR, so a
+    /// retry keeps the stream decodable. The bitstream is written only while `may_write`
+    /// grants it.
     pub fn encode<G>(
         &self,
         input: &EncodeInput,
@@ -255,110 +344,24 @@ impl Session {
         force_idr: bool,
         may_write: impl FnOnce() -> Option<G>,
     ) -> Result<Encoded, Status> {
-        let mut guard = lock(&self.codec);
+        let Coder::H264(codec) = &self.codec else {
+            return Err(Status::vendor(VPU_SC_ENGINE_FAULT));
+        };
+        let mut guard = lock(codec);
         let forced = self.apply_pending(&mut guard)?;
         let p = &self.params;
-        let frame_len = p.frame_len();
         let Codec {
             encoder,
             started,
             idr_next,
-            gather,
-            chroma,
+            staging,
             qp_floor,
             bitrate,
             fps,
             ..
         } = &mut *guard;
         let dma = Status::generic(VPU_SC_DATA_TRANSFER_ERROR);
-        let frame: &[u8] = match input {
-            EncodeInput::Card(f) => &f.data,
-            EncodeInput::Host(Spans::One(s)) => {
-                if s.len < frame_len
-                    || s.offset
-                        .checked_add(frame_len)
-                        .is_none_or(|e| e > s.region.len())
-                {
-                    return Err(Status::vendor(VPU_SC_INPUT_TOO_SMALL));
-                }
-                // SAFETY: `offset + frame_len <= region.len()` (checked above), so the
-                // pointer stays inside the mapping.
-                let base = unsafe { s.region.as_ptr().add(s.offset) };
-                // SAFETY: `base..base + frame_len` lies inside the region, which the job's
-                // `Arc` keeps mapped until the command completes. The host owns the
-                // buffer's contents while the command is in flight and does not write them
-                // (the NVMe data-buffer rule); the encoder only reads.
-                unsafe { std::slice::from_raw_parts(base, frame_len) }
-            }
-            EncodeInput::Host(Spans::Many(spans)) => {
-                gather.resize(frame_len, 0);
-                let mut pos = 0;
-                for s in spans {
-                    if pos == frame_len {
-                        break;
-                    }
-                    let n = s.len.min(frame_len - pos);
-                    if !s.region.read(s.offset, &mut gather[pos..pos + n]) {
-                        return Err(dma);
-                    }
-                    pos += n;
-                }
-                if pos < frame_len {
-                    return Err(Status::vendor(VPU_SC_INPUT_TOO_SMALL));
-                }
-                &gather[..]
-            }
-        };
-        let (w, h) = (p.width, p.height);
-        let card = matches!(input, EncodeInput::Card(_));
-        // Card frames are I420 with tight strides, whatever the session's host layout.
-        let (stride_y, stride_uv) = if card {
-            (w, w / 2)
-        } else {
-            (p.stride_y, p.stride_uv)
-        };
-        let luma_len = stride_y * h;
-        let chroma_len = stride_uv * (h / 2);
-        if card && frame.len() < luma_len + 2 * chroma_len {
-            return Err(Status::vendor(VPU_SC_INPUT_TOO_SMALL));
-        }
-        let y = &frame[..luma_len];
-        let planes = if p.nv12 && !card {
-            let cw = w / 2;
-            let plane = cw * (h / 2);
-            chroma.resize(plane * 2, 0);
-            let (u, v) = chroma.split_at_mut(plane);
-            let uv = &frame[luma_len..luma_len + chroma_len];
-            for ((row, urow), vrow) in uv
-                .chunks(p.stride_uv)
-                .zip(u.chunks_exact_mut(cw))
-                .zip(v.chunks_exact_mut(cw))
-            {
-                for ((pair, ub), vb) in row[..w].chunks_exact(2).zip(urow).zip(vrow) {
-                    *ub = pair[0];
-                    *vb = pair[1];
-                }
-            }
-            Planes {
-                width: w,
-                height: h,
-                y,
-                u: &chroma[..plane],
-                v: &chroma[plane..],
-                stride_y: p.stride_y,
-                stride_uv: cw,
-            }
-        } else {
-            Planes {
-                width: w,
-                height: h,
-                y,
-                u: &frame[luma_len..luma_len + chroma_len],
-                v: &frame[luma_len + chroma_len..luma_len + 2 * chroma_len],
-                stride_y,
-                stride_uv,
-            }
-        };
+        let planes = stage(p, input, staging)?;
         if force_idr || forced || *idr_next {
             encoder.force_intra_frame();
         }
@@ -436,6 +439,106 @@ impl Session {
             keyframe,
         })
     }
+}
+
+/// The planes of the input frame: in place in host memory when the frame is one
+/// contiguous span in I420 (or in card frame memory), otherwise staged in the session's
+/// buffers.
+fn stage<'a>(
+    p: &SessionParams,
+    input: &'a EncodeInput,
+    staging: &'a mut Staging,
+) -> Result<Planes<'a>, Status> {
+    let frame_len = p.frame_len();
+    let Staging { gather, chroma } = staging;
+    let frame: &[u8] = match input {
+        EncodeInput::Card(f) => &f.data,
+        EncodeInput::Host(Spans::One(s)) => {
+            if s.len < frame_len
+                || s.offset
+                    .checked_add(frame_len)
+                    .is_none_or(|e| e > s.region.len())
+            {
+                return Err(Status::vendor(VPU_SC_INPUT_TOO_SMALL));
+            }
+            // SAFETY: `offset + frame_len <= region.len()` (checked above), so the
+            // pointer stays inside the mapping.
+            let base = unsafe { s.region.as_ptr().add(s.offset) };
+            // SAFETY: `base..base + frame_len` lies inside the region, which the job's
+            // `Arc` keeps mapped until the command completes. The host owns the
+            // buffer's contents while the command is in flight and does not write them
+            // (the NVMe data-buffer rule); the encoder only reads.
+            unsafe { std::slice::from_raw_parts(base, frame_len) }
+        }
+        EncodeInput::Host(Spans::Many(spans)) => {
+            gather.resize(frame_len, 0);
+            let mut pos = 0;
+            for s in spans {
+                if pos == frame_len {
+                    break;
+                }
+                let n = s.len.min(frame_len - pos);
+                if !s.region.read(s.offset, &mut gather[pos..pos + n]) {
+                    return Err(Status::generic(VPU_SC_DATA_TRANSFER_ERROR));
+                }
+                pos += n;
+            }
+            if pos < frame_len {
+                return Err(Status::vendor(VPU_SC_INPUT_TOO_SMALL));
+            }
+            &gather[..]
+        }
+    };
+    let (w, h) = (p.width, p.height);
+    let card = matches!(input, EncodeInput::Card(_));
+    // Card frames are I420 with tight strides, whatever the session's host layout.
+    let (stride_y, stride_uv) = if card {
+        (w, w / 2)
+    } else {
+        (p.stride_y, p.stride_uv)
+    };
+    let luma_len = stride_y * h;
+    let chroma_len = stride_uv * (h / 2);
+    if card && frame.len() < luma_len + 2 * chroma_len {
+        return Err(Status::vendor(VPU_SC_INPUT_TOO_SMALL));
+    }
+    let y = &frame[..luma_len];
+    Ok(if p.nv12 && !card {
+        let cw = w / 2;
+        let plane = cw * (h / 2);
+        chroma.resize(plane * 2, 0);
+        let (u, v) = chroma.split_at_mut(plane);
+        let uv = &frame[luma_len..luma_len + chroma_len];
+        for ((row, urow), vrow) in uv
+            .chunks(p.stride_uv)
+            .zip(u.chunks_exact_mut(cw))
+            .zip(v.chunks_exact_mut(cw))
+        {
+            for ((pair, ub), vb) in row[..w].chunks_exact(2).zip(urow).zip(vrow) {
+                *ub = pair[0];
+                *vb = pair[1];
+            }
+        }
+        Planes {
+            width: w,
+            height: h,
+            y,
+            u: &chroma[..plane],
+            v: &chroma[plane..],
+            stride_y: p.stride_y,
+            stride_uv: cw,
+        }
+    } else {
+        Planes {
+            width: w,
+            height: h,
+            y,
+            u: &frame[luma_len..luma_len + chroma_len],
+            v: &frame[luma_len + chroma_len..luma_len + 2 * chroma_len],
+            stride_y,
+            stride_uv,
+        }
+    })
 }
 
 /// Changes the target bitrate and/or frame rate of a running encoder. openh264 refuses a

@@ -2,6 +2,7 @@
 //! builder (the driver's own transport lives in `nvme`).
 #![allow(clippy::unwrap_used)]
 
+mod av1;
 mod commands;
 mod encode;
 mod faults;
