@@ -217,6 +217,47 @@ pub struct EmulatedConfig {
     pub decode_engines: u8,
     /// Scaler engines per card, 0–16 (at least 1 with decode engines).
     pub scale_engines: u8,
+    /// How many of each card's engines encode AV1 (`rav1e`) instead of H.264.
+    pub av1_engines: u8,
+    /// Luma samples per second one AV1 engine sustains.
+    pub av1_pixel_rate_per_engine: u64,
+    /// `[[emulated.card]]`: cards with their own engine mix, added after the `count`
+    /// uniform ones (and those of `--emulate N`).
+    pub card: Vec<EmulatedCard>,
+}
+
+/// One `[[emulated.card]]`: what differs from `[emulated]` for this card.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmulatedCard {
+    /// Encode engines; `[emulated] engines` when not given.
+    pub engines: Option<u8>,
+    /// AV1 engines among them; `[emulated] av1_engines` when not given.
+    pub av1_engines: Option<u8>,
+}
+
+/// The engine mix of one emulated card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineMix {
+    pub engines: u8,
+    pub av1_engines: u8,
+}
+
+impl EmulatedConfig {
+    /// The engine mix of every emulated card: `count + extra` uniform cards, then one per
+    /// `[[emulated.card]]`.
+    pub fn mixes(&self, extra: u32) -> Vec<EngineMix> {
+        let uniform = EngineMix {
+            engines: self.engines,
+            av1_engines: self.av1_engines,
+        };
+        let mut v = vec![uniform; (self.count + extra) as usize];
+        v.extend(self.card.iter().map(|c| EngineMix {
+            engines: c.engines.unwrap_or(self.engines),
+            av1_engines: c.av1_engines.unwrap_or(self.av1_engines),
+        }));
+        v
+    }
 }
 
 impl Default for EmulatedConfig {
@@ -231,6 +272,9 @@ impl Default for EmulatedConfig {
             max_frames_in_flight: 8,
             decode_engines: 1,
             scale_engines: 1,
+            av1_engines: 0,
+            av1_pixel_rate_per_engine: vpu_driver::emu::AV1_PIXEL_RATE,
+            card: Vec::new(),
         }
     }
 }
@@ -409,6 +453,43 @@ impl Config {
                 "0".into(),
                 "at least 1 when decode_engines is not 0 (a transcoding card needs a scaler)",
             ));
+        }
+        if e.av1_engines > e.engines {
+            return Err(invalid(
+                "emulated.av1_engines",
+                e.av1_engines.to_string(),
+                "0 to emulated.engines: AV1 engines are some of the card's engines",
+            ));
+        }
+        if e.av1_pixel_rate_per_engine == 0 {
+            return Err(invalid(
+                "emulated.av1_pixel_rate_per_engine",
+                "0".into(),
+                "a positive number of luma samples per second",
+            ));
+        }
+        if e.count as usize + e.card.len() > 64 {
+            return Err(invalid(
+                "emulated.card",
+                format!("{} cards with emulated.count = {}", e.card.len(), e.count),
+                "64 emulated cards in all",
+            ));
+        }
+        for mix in e.mixes(0) {
+            if !(1..=16).contains(&mix.engines) {
+                return Err(invalid(
+                    "emulated.card.engines",
+                    mix.engines.to_string(),
+                    "1 to 16 engines",
+                ));
+            }
+            if mix.av1_engines > mix.engines {
+                return Err(invalid(
+                    "emulated.card.av1_engines",
+                    mix.av1_engines.to_string(),
+                    "0 to the card's engines",
+                ));
+            }
         }
         if !(1..=256).contains(&e.max_frames_in_flight) {
             return Err(invalid(

@@ -66,13 +66,16 @@ async fn open(io: Arc<dyn DeviceIo>, opts: CardOptions) -> Result<Arc<Card>, Car
     Card::open(io, opts).await
 }
 
-/// The emulated cards of `config` plus `extra` more, numbered from 0.
+/// The emulated cards of `config` plus `extra` more, numbered from 0: the uniform ones,
+/// then those of `[[emulated.card]]`.
 pub async fn emulated(config: &Config, extra: u32) -> Result<Vec<FoundCard>, DiscoveryError> {
     let e = &config.emulated;
     let mut found = Vec::new();
-    for index in 0..e.count + extra {
+    for (index, mix) in (0u32..).zip(e.mixes(extra)) {
         let emu_config = EmuConfig {
-            engines: e.engines,
+            engines: mix.engines,
+            av1_engines: mix.av1_engines,
+            av1_pixel_rate_per_engine: e.av1_pixel_rate_per_engine,
             capacity_per_engine: e.capacity_per_engine,
             pixel_rate_per_engine: e.pixel_rate_per_engine,
             pace: e.pace,

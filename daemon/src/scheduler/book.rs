@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 
+use vpu_driver::card::Codec;
+
 use super::cost::{demand_units, CardLimits, Demand, Priority};
 use super::reserve::Reservation;
 use super::SchedError;
@@ -47,6 +49,9 @@ pub(super) struct CardBook {
     /// of `set_aside` as well as of `reserved`.
     pub(super) drawn: u64,
     pub(super) sessions: u32,
+    /// `reserved` by codec: what the sessions of each codec take of the engines that
+    /// encode it.
+    pub(super) by_codec: Vec<(Codec, u64)>,
     /// Last load the card reported (engine log), in load units.
     measured: Option<u64>,
 }
@@ -56,6 +61,22 @@ impl CardBook {
     /// reservations and every reservation's units.
     pub(super) fn committed(&self) -> u64 {
         (self.reserved.saturating_sub(self.drawn)).saturating_add(self.set_aside)
+    }
+
+    /// Load units the sessions of `codec` take here.
+    pub(super) fn codec_reserved(&self, codec: Codec) -> u64 {
+        self.by_codec
+            .iter()
+            .find(|(c, _)| *c == codec)
+            .map_or(0, |(_, u)| *u)
+    }
+
+    /// Adds `units` (or takes them away) for a session of `codec`.
+    pub(super) fn count_codec(&mut self, codec: Codec, add: u64, sub: u64) {
+        match self.by_codec.iter_mut().find(|(c, _)| *c == codec) {
+            Some((_, u)) => *u = u.saturating_sub(sub) + add,
+            None => self.by_codec.push((codec, add)),
+        }
     }
 }
 
@@ -75,6 +96,8 @@ pub struct Placement {
     pub client: String,
     /// The reservation the units are drawn from; `None` for a session outside any.
     pub reservation: Option<u64>,
+    /// The session's codec: its units are taken from the engines that encode it.
+    pub codec: Codec,
 }
 
 /// The scheduler.
@@ -124,6 +147,7 @@ impl Scheduler {
             set_aside: 0,
             drawn: 0,
             sessions: 0,
+            by_codec: Vec::new(),
             measured: None,
         });
         self.cards.len() - 1
@@ -157,12 +181,7 @@ impl Scheduler {
         // NoCapacity.
         let able: Vec<usize> = candidates
             .into_iter()
-            .filter(|&c| {
-                let l = &self.cards[c].limits;
-                l.codecs.contains(&demand.codec)
-                    && demand.width <= l.max_width
-                    && demand.height <= l.max_height
-            })
+            .filter(|&c| self.cards[c].limits.supports(demand))
             .collect();
         if able.is_empty() {
             return Err(SchedError::NotSupported {
@@ -196,7 +215,9 @@ impl Scheduler {
                 quota_hit = Some(units);
                 continue;
             }
-            if card.committed() + units > self.limit(c, demand.priority) {
+            if card.committed() + units > self.limit(c, demand.priority)
+                || !self.codec_fits(c, demand.codec, units, 0, demand.priority)
+            {
                 continue;
             }
             let rank = self.card_load(c);
@@ -229,8 +250,10 @@ impl Scheduler {
             units,
             client: client.to_owned(),
             reservation: None,
+            codec: demand.codec,
         };
         self.cards[card].reserved += units;
+        self.cards[card].count_codec(demand.codec, units, 0);
         self.cards[card].sessions += 1;
         let book = self.clients.entry(client.to_owned()).or_default();
         book.sessions += 1;
@@ -264,13 +287,16 @@ impl Scheduler {
                 ),
             });
         }
-        if committed_without + units > self.limit(p.card, demand.priority) {
+        if committed_without + units > self.limit(p.card, demand.priority)
+            || !self.codec_fits(p.card, p.codec, units, p.units, demand.priority)
+        {
             return Err(SchedError::NoCapacity {
                 demand: demand.clone(),
                 free: self.free_summary(demand.priority),
             });
         }
         self.cards[p.card].reserved = reserved_without + units;
+        self.cards[p.card].count_codec(p.codec, units, p.units);
         if let Some(book) = self.clients.get_mut(&p.client) {
             book.load = client_without + units;
         }
@@ -285,6 +311,7 @@ impl Scheduler {
         let p = self.placements.remove(&session)?;
         if let Some(card) = self.cards.get_mut(p.card) {
             card.reserved = card.reserved.saturating_sub(p.units);
+            card.count_codec(p.codec, 0, p.units);
             card.sessions = card.sessions.saturating_sub(1);
             if p.reservation.is_some() {
                 card.drawn = card.drawn.saturating_sub(p.units);
@@ -387,6 +414,42 @@ impl Scheduler {
         }
     }
 
+    /// Whether `units` more for a session of `codec` (replacing `replacing` units it held)
+    /// fit the engines of card `card` that encode it: for every set of the card's codecs
+    /// that includes `codec`, what their sessions take must fit the engines that encode
+    /// any of them (so engines that encode only one codec are never counted twice, and
+    /// engines that encode several are shared).
+    pub(super) fn codec_fits(
+        &self,
+        card: usize,
+        codec: Codec,
+        units: u64,
+        replacing: u64,
+        priority: Priority,
+    ) -> bool {
+        let c = &self.cards[card];
+        let offered = c.limits.encode_codecs();
+        let Some(at) = offered.iter().position(|&k| k == codec) else {
+            return false;
+        };
+        let keep = match priority {
+            Priority::Realtime => 0,
+            Priority::Batch => u64::from(self.realtime_reserve_percent),
+        };
+        (1u32..1 << offered.len())
+            .filter(|mask| mask & (1 << at) != 0)
+            .all(|mask| {
+                let set: Vec<Codec> = (0..offered.len())
+                    .filter(|i| mask & (1 << i) != 0)
+                    .map(|i| offered[i])
+                    .collect();
+                let taken: u64 = set.iter().map(|&k| c.codec_reserved(k)).sum();
+                let cap = c.limits.capacity_for(&set);
+                let cap = cap - cap * keep / 100;
+                taken.saturating_sub(replacing) + units <= cap
+            })
+    }
+
     pub(super) fn free_summary(&self, priority: Priority) -> String {
         let parts: Vec<String> = (0..self.cards.len())
             .map(|c| {
@@ -403,23 +466,7 @@ impl Scheduler {
     }
 
     pub(super) fn supported_summary(&self) -> String {
-        let mut parts: Vec<String> = self
-            .cards
-            .iter()
-            .map(|c| {
-                format!(
-                    "{} up to {}x{}",
-                    c.limits
-                        .codecs
-                        .iter()
-                        .map(|c| c.as_str())
-                        .collect::<Vec<_>>()
-                        .join("/"),
-                    c.limits.max_width,
-                    c.limits.max_height
-                )
-            })
-            .collect();
+        let mut parts: Vec<String> = self.cards.iter().map(|c| c.limits.offer()).collect();
         parts.dedup();
         if parts.is_empty() {
             "no cards".into()

@@ -256,6 +256,7 @@ mod tests {
             max_width: 3840,
             max_height: 2160,
             max_sessions: 32,
+            encoders: Vec::new(),
         }
     }
 

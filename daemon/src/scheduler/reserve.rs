@@ -184,22 +184,10 @@ impl Scheduler {
         }
         let card = &self.cards[c];
         let l = &card.limits;
-        if !(l.codecs.contains(&demand.codec)
-            && demand.width <= l.max_width
-            && demand.height <= l.max_height)
-        {
+        if !l.supports(demand) {
             return Err(SchedError::NotSupported {
                 what: format!("{} {}x{}", demand.codec, demand.width, demand.height),
-                accepted: format!(
-                    "{} up to {}x{} on card {c}, the card of reservation {r}",
-                    l.codecs
-                        .iter()
-                        .map(|c| c.as_str())
-                        .collect::<Vec<_>>()
-                        .join("/"),
-                    l.max_width,
-                    l.max_height
-                ),
+                accepted: format!("{} on card {c}, the card of reservation {r}", l.offer()),
             });
         }
         let held_sessions = self.clients.get(client).map_or(0, |b| b.sessions);
@@ -235,11 +223,18 @@ impl Scheduler {
                 asked: units,
             });
         }
+        if !self.codec_fits(c, demand.codec, units, 0, demand.priority) {
+            return Err(SchedError::NoCapacity {
+                demand: demand.clone(),
+                free: self.free_summary(demand.priority),
+            });
+        }
         let placement = Placement {
             card: c,
             units,
             client: client.to_owned(),
             reservation: Some(r),
+            codec: demand.codec,
         };
         if let Some(res) = self.reservations.get_mut(&r) {
             res.used += units;
@@ -247,6 +242,7 @@ impl Scheduler {
         }
         let card = &mut self.cards[c];
         card.reserved += units;
+        card.count_codec(demand.codec, units, 0);
         card.drawn += units;
         card.sessions += 1;
         self.clients.entry(client.to_owned()).or_default().sessions += 1;
@@ -279,6 +275,7 @@ impl Scheduler {
         res.used = used_without + units;
         let card = &mut self.cards[p.card];
         card.reserved = card.reserved.saturating_sub(p.units) + units;
+        card.count_codec(p.codec, units, p.units);
         card.drawn = card.drawn.saturating_sub(p.units) + units;
         let placement = Placement { units, ..p };
         self.placements.insert(session, placement.clone());
@@ -312,6 +309,7 @@ mod tests {
             max_width: 4096,
             max_height: 2304,
             max_sessions: 32,
+            encoders: Vec::new(),
         }
     }
 

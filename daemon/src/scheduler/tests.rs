@@ -11,6 +11,7 @@ fn limits(engines: u8) -> CardLimits {
         max_width: 4096,
         max_height: 2304,
         max_sessions: 32,
+        encoders: Vec::new(),
     }
 }
 
@@ -243,4 +244,93 @@ fn resize_checks_the_card_the_session_runs_on() {
         s.resize(9, &faster),
         Err(SchedError::NoSuchSession { .. })
     ));
+}
+
+/// A card with one H.264 engine and one AV1 engine (720p at 24 frames/s).
+fn mixed_limits() -> CardLimits {
+    let e = |engine, codec, pixel_rate| super::cost::EncoderLimits {
+        engine,
+        codec,
+        capacity: 1_000_000,
+        pixel_rate,
+        max_width: 4096,
+        max_height: 2304,
+    };
+    CardLimits {
+        codecs: vec![Codec::H264, Codec::Av1],
+        encoders: vec![
+            e(0, Codec::H264, 1280 * 720 * 240),
+            e(1, Codec::Av1, 1280 * 720 * 24),
+        ],
+        ..limits(2)
+    }
+}
+
+fn av1(width: u32, height: u32, fps: u32) -> Demand {
+    Demand {
+        codec: Codec::Av1,
+        width,
+        height,
+        fps_num: fps,
+        fps_den: 1,
+        ..d720(Priority::Realtime)
+    }
+}
+
+#[test]
+fn sessions_go_to_cards_that_encode_their_codec() {
+    let mut s = Scheduler::new(Policy::Spread, 20, 0.0, no_quota());
+    s.add_card(limits(2));
+    s.add_card(mixed_limits());
+    // AV1 only fits card 1, whatever the policy prefers.
+    for i in 0..4 {
+        let p = s.place(i, "c", &av1(640, 360, 24), None, &[]).unwrap();
+        assert_eq!((p.card, p.codec, p.units), (1, Codec::Av1, 250_000));
+    }
+    // 4 × 640x360 at 24 fps, a quarter of the AV1 engine each: it is full, although the
+    // card's H.264 engine is idle.
+    let e = s.place(9, "c", &av1(640, 360, 24), None, &[]).unwrap_err();
+    assert!(matches!(e, SchedError::NoCapacity { .. }), "{e}");
+    let p = s
+        .place(10, "c", &d720(Priority::Realtime), Some(1), &[])
+        .unwrap();
+    assert_eq!(p.card, 1);
+    // Released AV1 units can be taken again.
+    s.release(0);
+    assert_eq!(
+        s.place(11, "c", &av1(640, 360, 24), None, &[])
+            .unwrap()
+            .card,
+        1
+    );
+    // A move off card 1 has nowhere to go: card 0 has no AV1 engine.
+    let e = s.place(12, "c", &av1(640, 360, 8), None, &[1]).unwrap_err();
+    assert!(matches!(e, SchedError::NotSupported { .. }), "{e}");
+    // Pinned to a card without AV1: refused, naming what is offered.
+    let e = s.place(13, "c", &av1(64, 64, 8), Some(0), &[]).unwrap_err();
+    assert!(e.to_string().contains("h264 up to 4096x2304"), "{e}");
+}
+
+#[test]
+fn without_an_av1_engine_av1_is_not_supported() {
+    let mut s = sched(Policy::Spread, no_quota());
+    let e = s.place(1, "c", &av1(1280, 720, 30), None, &[]).unwrap_err();
+    match &e {
+        SchedError::NotSupported { what, accepted } => {
+            assert_eq!(what, "av1 1280x720");
+            assert_eq!(accepted, "h264 up to 4096x2304");
+        }
+        other => panic!("{other}"),
+    }
+    // Batch sessions leave the realtime reserve of the AV1 engines too.
+    let mut s = Scheduler::new(Policy::Spread, 50, 0.0, no_quota());
+    s.add_card(mixed_limits());
+    let half = av1(1280, 720, 12);
+    let batch = Demand {
+        priority: Priority::Batch,
+        ..half.clone()
+    };
+    s.place(1, "c", &batch, None, &[]).unwrap();
+    assert!(s.place(2, "c", &batch, None, &[]).is_err());
+    s.place(3, "c", &half, None, &[]).unwrap();
 }

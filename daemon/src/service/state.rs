@@ -17,6 +17,7 @@ use crate::channel::proto::ErrorCode;
 use crate::channel::spare::SparePairs;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::scheduler::cost::EncoderLimits;
 use crate::scheduler::{CardLimits, CardState, Demand, Scheduler, TranscodeLimits};
 use crate::service::changes::Changes;
 
@@ -104,6 +105,19 @@ impl CardEntry {
             max_width: u32::from(id.max_width),
             max_height: u32::from(id.max_height),
             max_sessions: u32::from(id.encode_engines) * u32::from(id.max_sessions_per_engine),
+            encoders: id
+                .engines_of(EngineKind::Encode)
+                .filter_map(|e| {
+                    Some(EncoderLimits {
+                        engine: e.engine,
+                        codec: e.codec?,
+                        capacity: e.capacity,
+                        pixel_rate: e.pixel_rate,
+                        max_width: u32::from(e.max_width),
+                        max_height: u32::from(e.max_height),
+                    })
+                })
+                .collect(),
         }
     }
 }

@@ -183,6 +183,8 @@ impl Worker {
         let window = usize::from(self.hello.window);
         let mut buf = vec![0u8; MAX_RECORD_LEN];
         let mut eos = false;
+        // Whether this card session was sent a Flush after the end of stream.
+        let mut flushed = false;
         let mut tick = tokio::time::interval(PUBLISH_INTERVAL);
         let mut published = (0u64, 0u64);
         loop {
@@ -190,6 +192,20 @@ impl Worker {
                 if let Err(end) = self.migrate(&reason, buffers, inflight).await {
                     return end;
                 }
+                flushed = false;
+            }
+            if eos && !flushed && !inflight.is_empty() {
+                // An engine may hold the last frames until more input comes (AV1
+                // engines code with lookahead): Flush asks for them. Its own completion
+                // only follows theirs, so nothing waits for it.
+                flushed = true;
+                let card = Arc::clone(&self.card.card);
+                let sid = self.sid;
+                tokio::spawn(async move {
+                    if let Err(e) = card.flush(sid).await {
+                        tracing::debug!(error = %e, "flush after the end of stream");
+                    }
+                });
             }
             if eos && inflight.is_empty() {
                 let c = &self.entry.counters;
