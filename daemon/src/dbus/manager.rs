@@ -89,6 +89,7 @@ impl ManagerIface {
     ) -> Result<(OwnedObjectPath, zbus::OwnedFd), VpudError> {
         counted(&self.daemon, async {
             let owner = caller(&header)?;
+            transcode_params::rendition_codecs(&outputs)?;
             let req = transcode_params::transcode_request(&input, &outputs)?;
             let created = session::transcode::create(&self.daemon, &owner, req).await?;
             if let Err(e) = signals::session_added(&self.daemon, &created.entry).await {

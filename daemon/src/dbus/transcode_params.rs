@@ -4,6 +4,7 @@
 
 use vpu_driver::card::{Codec, RateControl, ScaleFilter};
 
+use super::error::VpudError;
 use super::params::{
     get_path, get_str, get_u32, one_of, range, reject_unknown, ParamError, Params,
 };
@@ -15,7 +16,33 @@ use crate::session::transcode::request::{
 
 const INPUT_KEYS: &str =
     "codec, width, height, framerate_num, framerate_den, priority, card, reservation";
-const OUTPUT_KEYS: &str = "width, height, rate_control, bitrate, max_bitrate, qp, gop, scale";
+const OUTPUT_KEYS: &str =
+    "codec, width, height, rate_control, bitrate, max_bitrate, qp, gop, scale";
+
+/// Refuses renditions in a codec other than H.264 with `NotSupported`: a ladder's
+/// renditions are encoded in H.264 (AV1 engines encode sessions of their own, through
+/// `CreateSession`). A `codec` that is not a codec's name at all is `InvalidArgument`.
+pub fn rendition_codecs(outputs: &[Params]) -> Result<(), VpudError> {
+    for (i, p) in outputs.iter().enumerate() {
+        let at = |e: ParamError| ParamError(format!("outputs[{i}]: {}", e.0));
+        let codec = one_of(
+            "codec",
+            get_str(p, "codec").map_err(at)?,
+            Codec::ALL,
+            Codec::as_str,
+            Codec::H264,
+        )
+        .map_err(at)?;
+        if codec != Codec::H264 {
+            return Err(VpudError::NotSupported(format!(
+                "outputs[{i}]: codec = {:?}: transcode renditions are encoded in h264 only; \
+                 encode {codec} from raw frames with CreateSession",
+                codec.as_str()
+            )));
+        }
+    }
+    Ok(())
+}
 
 fn even_size(key: &str, v: u32) -> Result<u32, ParamError> {
     range(key, v, 16, 16384, "luma samples")?;
@@ -29,7 +56,9 @@ fn even_size(key: &str, v: u32) -> Result<u32, ParamError> {
 
 /// Validates one rendition of `CreateTranscode` (`outputs[index]`).
 fn rendition(index: usize, p: &Params) -> Result<RenditionSpec, ParamError> {
+    // `codec` is checked by `rendition_codecs` (H.264 only).
     const KNOWN: &[&str] = &[
+        "codec",
         "width",
         "height",
         "rate_control",
@@ -265,5 +294,31 @@ mod tests {
         assert!(err(&half, &[rendition(64, 64)]).contains("input: width and height go together"));
         let hevc = dict(&[("codec", Variant::from("hevc"))]);
         assert!(err(&hevc, &[rendition(64, 64)]).contains("input: codec"));
+    }
+
+    #[test]
+    fn renditions_are_h264_and_other_codecs_are_not_supported() {
+        let with = |codec: Variant<'static>| {
+            let mut r = rendition(640, 360);
+            r.insert("codec".into(), OwnedVariant::try_from(codec).unwrap());
+            vec![rendition(1280, 720), r]
+        };
+        assert!(rendition_codecs(&with(Variant::from("h264"))).is_ok());
+        assert!(transcode_request(&dict(&[]), &with(Variant::from("h264"))).is_ok());
+        match rendition_codecs(&with(Variant::from("av1"))) {
+            Err(VpudError::NotSupported(m)) => {
+                assert!(m.contains("outputs[1]: codec = \"av1\""), "{m}");
+                assert!(m.contains("h264 only"), "{m}");
+            }
+            other => panic!("av1 rendition: {other:?}"),
+        }
+        match rendition_codecs(&with(Variant::from("vp9"))) {
+            Err(VpudError::InvalidArgument(m)) => assert!(m.contains("outputs[1]: codec"), "{m}"),
+            other => panic!("vp9 rendition: {other:?}"),
+        }
+        assert!(matches!(
+            rendition_codecs(&with(Variant::U32(1))),
+            Err(VpudError::InvalidArgument(_))
+        ));
     }
 }
