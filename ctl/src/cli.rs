@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Operate and try out vpud, the VPU card daemon: list cards and sessions, encode files,
 /// run a demo, inject faults into emulated cards.
@@ -31,7 +31,7 @@ pub enum Command {
     Cards(ListArgs),
     /// Every open session with its card, size, bitrate and counters
     Sessions(ListArgs),
-    /// Encode a Y4M or raw I420 file to H.264 (Annex-B, or MP4 when OUTPUT ends in .mp4)
+    /// Encode a Y4M or raw I420 file to H.264 (Annex-B or .mp4) or AV1 (.ivf, .mp4, .obu)
     Encode(EncodeArgs),
     /// Transcode H.264 (Annex-B or MP4, a file or a pipe) into an ABR ladder on one card:
     /// one MP4 per rendition, and HLS with --hls
@@ -57,9 +57,14 @@ pub struct EncodeArgs {
     /// Input: a Y4M file (4:2:0), or raw I420 frames with --size
     pub input: PathBuf,
 
-    /// Output: Annex-B H.264, or MP4 when the name ends in .mp4
+    /// Output, by extension: .mp4 (either codec), .ivf or .obu (AV1: IVF, or the bare
+    /// OBU stream), anything else Annex-B (H.264)
     #[arg(short, long, value_name = "OUTPUT")]
     pub output: PathBuf,
+
+    /// Codec to encode to (a card with an engine for it must be present)
+    #[arg(long, value_enum, default_value_t = CodecArg::H264)]
+    pub codec: CodecArg,
 
     /// Target bit rate in bit/s; k and M suffixes accepted (2M = 2000000)
     #[arg(long, value_name = "B", value_parser = parse_bitrate)]
@@ -140,6 +145,23 @@ fn parse_segment_seconds(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A codec as the command line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CodecArg {
+    H264,
+    Av1,
+}
+
+impl CodecArg {
+    /// The name the D-Bus API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CodecArg::H264 => "h264",
+            CodecArg::Av1 => "av1",
+        }
+    }
+}
+
 /// Options of `vpuctl demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -154,6 +176,10 @@ pub struct DemoArgs {
     /// Frames per session
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub frames: u32,
+
+    /// Codecs the sessions take in turn (each emulated card has H.264 and AV1 engines)
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "h264,av1")]
+    pub codecs: Vec<CodecArg>,
 
     /// Directory for the output files [default: a new vpud-demo-* directory here, or in /tmp]
     #[arg(long, value_name = "DIR")]

@@ -1,12 +1,12 @@
 //! `vpuctl demo`: a private bus, N emulated cards, M concurrent sessions of different
-//! sizes and bitrates encoding a moving test pattern into MP4 files, then the first
-//! session's MP4 transcoded on a card into an ABR ladder with HLS, and a table per session,
-//! per card and per rendition.
+//! sizes, bitrates and codecs (H.264 and AV1 in turn) encoding a moving test pattern into
+//! MP4 files, then the first H.264 session's MP4 transcoded on a card into an ABR ladder
+//! with HLS, and a table per session, per card and per rendition.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::cli::{DemoArgs, Ladder, TranscodeArgs};
+use super::cli::{CodecArg, DemoArgs, Ladder, TranscodeArgs};
 use super::list::{card_index, percent};
 use super::output::Output;
 use super::private::PrivateDaemon;
@@ -21,7 +21,9 @@ use vpud_client::{CardInfo, Client, SessionParams};
 /// Frame rate of every demo stream.
 const DEMO_FPS: u32 = 30;
 
-/// The streams the demo cycles through: size and bit rate.
+/// The streams the demo cycles through: size and bit rate. With the default codecs
+/// (H.264, AV1 in turn), the AV1 sessions get the smaller sizes, which the software AV1
+/// engines of the emulated cards keep up with.
 const PROFILES: [(u32, u32, u32); 5] = [
     (1280, 720, 3_000_000),
     (640, 360, 1_000_000),
@@ -35,6 +37,7 @@ const PROFILES: [(u32, u32, u32); 5] = [
 pub struct DemoSession {
     pub index: u32,
     pub card: String,
+    pub codec: CodecArg,
     pub width: u32,
     pub height: u32,
     pub bitrate_target: u32,
@@ -56,8 +59,10 @@ pub struct DemoReport {
     /// Cards as seen while every session was open.
     pub cards: Vec<CardInfo>,
     pub seconds: f64,
-    /// The ladder made from the first session's file.
+    /// The ladder made from the first 720p H.264 session's file.
     pub ladder: Option<TranscodeSummary>,
+    /// Which session's file the ladder was made from.
+    pub ladder_session: Option<u32>,
 }
 
 /// Runs the demo.
@@ -86,20 +91,26 @@ async fn run_sessions(
     let mut sessions = Vec::new();
     for i in 0..args.sessions {
         let (w, h, bps) = PROFILES[i as usize % PROFILES.len()];
+        let codec = args
+            .codecs
+            .get(i as usize % args.codecs.len().max(1))
+            .copied()
+            .unwrap_or(CodecArg::H264);
         let mut params = SessionParams::h264(w, h, DEMO_FPS);
+        params.codec = codec.as_str().into();
         params.bitrate = Some(bps);
         params.gop = Some(DEMO_FPS * 2);
         let session = client.create_session(&params).await?;
         let card = client.session_info(session.path()).await?.card;
-        let file = out_dir.join(format!("session{i}-{w}x{h}.mp4"));
-        let output = Output::create(&file, w, h, (DEMO_FPS, 1))?;
-        sessions.push((i, session, card, file, output, (w, h, bps)));
+        let file = out_dir.join(format!("session{i}-{}-{w}x{h}.mp4", codec.as_str()));
+        let output = Output::create(&file, codec, w, h, (DEMO_FPS, 1))?;
+        sessions.push((i, session, card, codec, file, output, (w, h, bps)));
     }
     let cards = client.cards().await?;
 
     let frames = u64::from(args.frames);
     let mut tasks = tokio::task::JoinSet::new();
-    for (index, mut session, card, file, mut output, (w, h, bps)) in sessions {
+    for (index, mut session, card, codec, file, mut output, (w, h, bps)) in sessions {
         tasks.spawn(async move {
             let started = Instant::now();
             let pattern = TestPattern::new(w, h);
@@ -122,6 +133,7 @@ async fn run_sessions(
             Ok::<_, CtlError>(DemoSession {
                 index,
                 card,
+                codec,
                 width: w,
                 height: h,
                 bitrate_target: bps,
@@ -148,15 +160,22 @@ async fn run_sessions(
         cards,
         seconds: start.elapsed().as_secs_f64(),
         ladder: None,
+        ladder_session: None,
     })
 }
 
-/// Transcodes the first session's MP4 (720p) into [`DEMO_LADDER`] with HLS, in
-/// `OUT/ladder`.
+/// Transcodes the first 720p H.264 session's MP4 (session 0 with the default codecs) into
+/// [`DEMO_LADDER`] with HLS, in `OUT/ladder`. The card decodes H.264 only, and the ladder's
+/// top rung is 720p, so with no such session there is no ladder.
 async fn run_ladder(client: &Client, report: &mut DemoReport) -> Result<(), CtlError> {
-    let Some(first) = report.sessions.first() else {
+    let Some(first) = report
+        .sessions
+        .iter()
+        .find(|s| s.codec == CodecArg::H264 && s.height >= 720)
+    else {
         return Ok(());
     };
+    report.ladder_session = Some(first.index);
     eprintln!(
         "transcoding {} into the ladder {DEMO_LADDER} with HLS",
         first.file.display()
@@ -181,6 +200,7 @@ pub fn render(report: &DemoReport) -> String {
     let mut s = Table::new(&[
         "session",
         "card",
+        "codec",
         "size",
         "frames",
         "fps",
@@ -194,6 +214,7 @@ pub fn render(report: &DemoReport) -> String {
         s.row(vec![
             d.index.to_string(),
             card_index(&d.card),
+            d.codec.as_str().to_string(),
             format!("{}x{}", d.width, d.height),
             d.frames.to_string(),
             format!("{:.1}", d.frames as f64 / d.seconds.max(1e-9)),
@@ -218,12 +239,12 @@ pub fn render(report: &DemoReport) -> String {
         ]);
     }
     let total: u64 = report.sessions.iter().map(|s| s.frames).sum();
-    let ladder = match &report.ladder {
-        Some(l) => format!(
-            "\nsession 0's file as an ABR ladder on one card:\n{}",
+    let ladder = match (&report.ladder, report.ladder_session) {
+        (Some(l), Some(i)) => format!(
+            "\nsession {i}'s file as an ABR ladder on one card:\n{}",
             run::render(l)
         ),
-        None => String::new(),
+        _ => String::new(),
     };
     format!(
         "{}\n{}{ladder}\n{} sessions on {} emulated cards: {} frames in {:.1} s ({:.1} fps together)\noutput files in {}\n",

@@ -41,6 +41,7 @@ impl EncodeSummary {
 /// Opens the input of `vpuctl encode` (before any bus is touched, so a bad file is
 /// reported first).
 pub fn open_input(args: &EncodeArgs) -> Result<Input, CtlError> {
+    super::output::check(&args.output, args.codec)?;
     Input::open(&args.input, args.size, args.fps)
 }
 
@@ -52,6 +53,7 @@ pub async fn encode(
 ) -> Result<EncodeSummary, CtlError> {
     let (width, height, fps) = (input.width(), input.height(), input.fps());
     let mut params = SessionParams::h264(width, height, fps.0);
+    params.codec = args.codec.as_str().into();
     params.framerate_den = fps.1;
     params.bitrate = args.bitrate;
     params.gop = args.gop;
@@ -75,7 +77,7 @@ pub async fn encode(
         .map(|i| i.card)
         .unwrap_or_default();
     // Created only once the daemon took the session, so a refused session leaves no file.
-    let output = Output::create(&args.output, width, height, fps)?;
+    let output = Output::create(&args.output, args.codec, width, height, fps)?;
     let result = run_session(&mut session, &mut input, output).await;
     let counters = session.counters();
     if let Err(e) = session.close().await {

@@ -2,15 +2,17 @@
 //! [`Cli`] and calls [`run`].
 //!
 //! - `status`, `cards`, `sessions`: the daemon's state as tables or JSON ([`list`]);
-//! - `encode`: a Y4M or raw I420 file through one session into Annex-B or MP4 ([`encode`]);
+//! - `encode`: a Y4M or raw I420 file through one session into H.264 (Annex-B, MP4) or
+//!   AV1 (IVF, MP4, OBU) ([`encode`]; the AV1 containers in [`av1`] and [`mp4`]);
 //! - `transcode`: an H.264 input through an ABR ladder on one card into MP4s and HLS
 //!   ([`transcode`]);
-//! - `demo`: a private daemon with emulated cards, concurrent sessions and a ladder
-//!   ([`demo`]);
+//! - `demo`: a private daemon with emulated cards, concurrent sessions of both codecs and a
+//!   ladder ([`demo`]);
 //! - `inject`: faults into emulated cards ([`inject`]).
 //!
 //! `--emulate N` runs a private daemon for the one command ([`private`]).
 
+pub mod av1;
 pub mod cli;
 pub mod demo;
 pub mod encode;

@@ -1,14 +1,21 @@
-//! A small MP4 (ISO BMFF) muxer for one H.264 video track.
+//! A small MP4 (ISO BMFF) muxer for one H.264 or AV1 video track.
 //!
 //! Layout: `ftyp`, `mdat` (written as packets arrive, with a 64-bit size patched at the
 //! end), then `moov` with the sample tables: `stts` (durations), `stss` (keyframes),
-//! `stsc` (one sample per chunk), `stsz` (sizes), `stco`/`co64` (offsets). Samples are
-//! stored as 4-byte-length-prefixed NAL units; SPS and PPS go into `avcC`, not into
-//! samples. There are no B-frames from the encoders vpud drives, so no `ctts`.
+//! `stsc` (one sample per chunk), `stsz` (sizes), `stco`/`co64` (offsets).
+//!
+//! H.264 (`avc1`): samples are 4-byte-length-prefixed NAL units; SPS and PPS go into
+//! `avcC`, not into samples. AV1 (`av01`, per "AV1 Codec ISO Media File Format Binding"):
+//! a sample is a temporal unit without its temporal delimiter; the first sequence header
+//! goes into `av1C` (and stays in the keyframe samples that carry it); a sample is a sync
+//! sample when it starts a coded video sequence (a keyframe with a sequence header).
+//! There are no B-frames from the encoders vpud drives, so no `ctts`.
 
 use std::io::{self, Seek, SeekFrom, Write};
 
 use vpud_client::annexb::{nal_type, nal_units, NAL_AUD, NAL_IDR, NAL_PPS, NAL_SPS};
+
+use super::av1::{obus, Av1Error, SequenceHeader, OBU_SEQUENCE_HEADER, OBU_TEMPORAL_DELIMITER};
 
 /// Errors of the MP4 muxer.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +32,19 @@ pub enum Mp4Error {
     /// A frame larger than 4 GiB.
     #[error("a sample of {0} bytes does not fit in an mp4 sample")]
     SampleTooLarge(usize),
+    /// No AV1 sequence header reached the muxer, so `av1C` cannot be written.
+    #[error("the AV1 stream has no sequence header; cannot write av1C")]
+    MissingSequenceHeader,
+    /// An AV1 temporal unit that does not parse.
+    #[error("bad AV1 temporal unit")]
+    Av1(#[from] Av1Error),
+}
+
+/// The codec of the track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mp4Codec {
+    H264,
+    Av1,
 }
 
 /// Writes one H.264 track to `out` as MP4.
@@ -35,8 +55,11 @@ pub struct Mp4Writer<W: Write + Seek> {
     height: u16,
     timescale: u32,
     sample_duration: u32,
+    codec: Mp4Codec,
     sps: Option<Vec<u8>>,
     pps: Option<Vec<u8>>,
+    /// AV1: the first sequence header OBU and its fields.
+    seq: Option<(Vec<u8>, SequenceHeader)>,
     mdat_start: u64,
     pos: u64,
     sizes: Vec<u32>,
@@ -46,9 +69,23 @@ pub struct Mp4Writer<W: Write + Seek> {
 }
 
 impl<W: Write + Seek> Mp4Writer<W> {
-    /// Starts a file of `width`×`height` video at `fps_num`/`fps_den` frames per second.
+    /// Starts a file of `width`×`height` H.264 video at `fps_num`/`fps_den` frames per
+    /// second.
     pub fn new(
+        out: W,
+        width: u16,
+        height: u16,
+        fps_num: u32,
+        fps_den: u32,
+    ) -> Result<Self, Mp4Error> {
+        Self::with_codec(out, Mp4Codec::H264, width, height, fps_num, fps_den)
+    }
+
+    /// Starts a file of `width`×`height` video in `codec` at `fps_num`/`fps_den` frames
+    /// per second.
+    pub fn with_codec(
         mut out: W,
+        codec: Mp4Codec,
         width: u16,
         height: u16,
         fps_num: u32,
@@ -74,7 +111,11 @@ impl<W: Write + Seek> Mp4Writer<W> {
         put_box(&mut ftyp, b"ftyp", |b| {
             b.extend_from_slice(b"isom");
             b.extend_from_slice(&512u32.to_be_bytes());
-            for brand in [b"isom", b"iso2", b"avc1", b"mp41"] {
+            let brands = match codec {
+                Mp4Codec::H264 => [b"isom", b"iso2", b"avc1", b"mp41"],
+                Mp4Codec::Av1 => [b"isom", b"iso6", b"av01", b"mp41"],
+            };
+            for brand in brands {
                 b.extend_from_slice(brand);
             }
         });
@@ -92,8 +133,10 @@ impl<W: Write + Seek> Mp4Writer<W> {
             height,
             timescale,
             sample_duration,
+            codec,
             sps: None,
             pps: None,
+            seq: None,
             mdat_start,
             pos: mdat_start + 16,
             sizes: Vec::new(),
@@ -103,8 +146,37 @@ impl<W: Write + Seek> Mp4Writer<W> {
         })
     }
 
-    /// Adds one encoded frame (an Annex-B access unit). An empty one (a frame the encoder
-    /// skipped) lengthens the previous sample so timing is kept.
+    /// Adds one encoded frame: an Annex-B access unit (H.264) or a temporal unit (AV1).
+    pub fn write_packet(&mut self, packet: &[u8]) -> Result<(), Mp4Error> {
+        match self.codec {
+            Mp4Codec::H264 => self.write_access_unit(packet),
+            Mp4Codec::Av1 => self.write_temporal_unit(packet),
+        }
+    }
+
+    /// Adds one AV1 temporal unit. An empty one lengthens the previous sample.
+    pub fn write_temporal_unit(&mut self, tu: &[u8]) -> Result<(), Mp4Error> {
+        let mut sample = Vec::with_capacity(tu.len());
+        let mut keyframe = false;
+        for obu in obus(tu)? {
+            match obu.kind {
+                OBU_TEMPORAL_DELIMITER => continue,
+                OBU_SEQUENCE_HEADER => {
+                    keyframe = true;
+                    if self.seq.is_none() {
+                        let header = SequenceHeader::parse(obu.payload)?;
+                        self.seq = Some((obu.bytes.to_vec(), header));
+                    }
+                }
+                _ => {}
+            }
+            sample.extend_from_slice(obu.bytes);
+        }
+        self.push_sample(&sample, keyframe)
+    }
+
+    /// Adds one encoded H.264 frame (an Annex-B access unit). An empty one (a frame the
+    /// encoder skipped) lengthens the previous sample so timing is kept.
     pub fn write_access_unit(&mut self, annexb: &[u8]) -> Result<(), Mp4Error> {
         let mut sample = Vec::with_capacity(annexb.len() + 16);
         let mut keyframe = false;
@@ -130,6 +202,10 @@ impl<W: Write + Seek> Mp4Writer<W> {
             sample.extend_from_slice(&len.to_be_bytes());
             sample.extend_from_slice(nal);
         }
+        self.push_sample(&sample, keyframe)
+    }
+
+    fn push_sample(&mut self, sample: &[u8], keyframe: bool) -> Result<(), Mp4Error> {
         if sample.is_empty() {
             if let Some(last) = self.durations.last_mut() {
                 *last += self.sample_duration;
@@ -138,7 +214,7 @@ impl<W: Write + Seek> Mp4Writer<W> {
         }
         let size =
             u32::try_from(sample.len()).map_err(|_| Mp4Error::SampleTooLarge(sample.len()))?;
-        self.out.write_all(&sample).map_err(Mp4Error::Write)?;
+        self.out.write_all(sample).map_err(Mp4Error::Write)?;
         self.offsets.push(self.pos);
         self.pos += u64::from(size);
         self.sizes.push(size);
@@ -156,10 +232,23 @@ impl<W: Write + Seek> Mp4Writer<W> {
 
     /// Patches the `mdat` size, writes `moov` and returns the output.
     pub fn finish(mut self) -> Result<W, Mp4Error> {
-        let (Some(sps), Some(pps)) = (self.sps.take(), self.pps.take()) else {
-            return Err(Mp4Error::MissingParameterSets);
+        let entry = match self.codec {
+            Mp4Codec::H264 => {
+                let (Some(sps), Some(pps)) = (self.sps.take(), self.pps.take()) else {
+                    return Err(Mp4Error::MissingParameterSets);
+                };
+                let mut c = Vec::new();
+                put_avcc(&mut c, &sps, &pps);
+                (*b"avc1", *b"avcC", c)
+            }
+            Mp4Codec::Av1 => {
+                let Some((obu, header)) = self.seq.take() else {
+                    return Err(Mp4Error::MissingSequenceHeader);
+                };
+                (*b"av01", *b"av1C", header.av1c(&obu))
+            }
         };
-        let moov = self.moov(&sps, &pps);
+        let moov = self.moov(&entry);
         self.out.write_all(&moov).map_err(Mp4Error::Write)?;
         let mdat_size = self.pos - self.mdat_start;
         self.out
@@ -171,7 +260,7 @@ impl<W: Write + Seek> Mp4Writer<W> {
         Ok(self.out)
     }
 
-    fn moov(&self, sps: &[u8], pps: &[u8]) -> Vec<u8> {
+    fn moov(&self, entry: &SampleEntry) -> Vec<u8> {
         let media_duration: u64 = self.durations.iter().map(|&d| u64::from(d)).sum();
         let movie_timescale = 1000u32;
         let movie_duration =
@@ -224,7 +313,7 @@ impl<W: Write + Seek> Mp4Writer<W> {
                                 put_full_box(b, b"url ", 0, 1, |_| {});
                             });
                         });
-                        put_box(b, b"stbl", |b| self.stbl(b, sps, pps));
+                        put_box(b, b"stbl", |b| self.stbl(b, entry));
                     });
                 });
             });
@@ -232,10 +321,10 @@ impl<W: Write + Seek> Mp4Writer<W> {
         moov
     }
 
-    fn stbl(&self, b: &mut Vec<u8>, sps: &[u8], pps: &[u8]) {
+    fn stbl(&self, b: &mut Vec<u8>, (kind, config_kind, config): &SampleEntry) {
         put_full_box(b, b"stsd", 0, 0, |b| {
             b.extend_from_slice(&1u32.to_be_bytes());
-            put_box(b, b"avc1", |b| {
+            put_box(b, kind, |b| {
                 b.extend_from_slice(&[0; 6]);
                 b.extend_from_slice(&1u16.to_be_bytes()); // data reference index
                 b.extend_from_slice(&[0; 16]);
@@ -248,7 +337,7 @@ impl<W: Write + Seek> Mp4Writer<W> {
                 b.extend_from_slice(&[0; 32]); // compressor name
                 b.extend_from_slice(&0x0018u16.to_be_bytes()); // depth
                 b.extend_from_slice(&0xffffu16.to_be_bytes());
-                put_box(b, b"avcC", |b| put_avcc(b, sps, pps));
+                put_box(b, config_kind, |b| b.extend_from_slice(config));
             });
         });
         put_full_box(b, b"stts", 0, 0, |b| {
@@ -303,6 +392,9 @@ impl<W: Write + Seek> Mp4Writer<W> {
         }
     }
 }
+
+/// A sample entry's type, its configuration box's type and that box's body.
+type SampleEntry = ([u8; 4], [u8; 4], Vec<u8>);
 
 /// `AVCDecoderConfigurationRecord` (ISO/IEC 14496-15) from one SPS and one PPS.
 fn put_avcc(b: &mut Vec<u8>, sps: &[u8], pps: &[u8]) {

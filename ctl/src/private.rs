@@ -1,10 +1,16 @@
 //! `--emulate N`: a private bus with a daemon and N emulated cards inside this process, for
-//! the length of one command.
+//! the length of one command. Each card has two H.264 engines and one AV1 engine, so that
+//! either codec can be tried.
 
 use super::{error_chain, CtlError};
 use vpud::config::Config;
 use vpud::service::Embedded;
 use vpud_client::Client;
+
+/// Encode engines of each private emulated card ...
+pub const PRIVATE_ENGINES: u8 = 3;
+/// ... of which this many encode AV1.
+pub const PRIVATE_AV1_ENGINES: u8 = 1;
 
 /// A private daemon and a client connected to it.
 #[derive(Debug)]
@@ -16,12 +22,16 @@ pub struct PrivateDaemon {
 impl PrivateDaemon {
     /// Starts a private bus and a daemon with `cards` emulated cards on it, and connects.
     pub async fn start(cards: u32) -> Result<PrivateDaemon, CtlError> {
-        let embedded = Embedded::start(cards, Config::default())
-            .await
-            .map_err(|e| CtlError::PrivateDaemon {
-                cards,
-                what: error_chain(&e),
-            })?;
+        let mut config = Config::default();
+        config.emulated.engines = PRIVATE_ENGINES;
+        config.emulated.av1_engines = PRIVATE_AV1_ENGINES;
+        let embedded =
+            Embedded::start(cards, config)
+                .await
+                .map_err(|e| CtlError::PrivateDaemon {
+                    cards,
+                    what: error_chain(&e),
+                })?;
         let client = Client::connect(Some(embedded.address())).await?;
         Ok(PrivateDaemon { embedded, client })
     }
