@@ -74,6 +74,61 @@ fn encode_y4m_to_annexb_and_mp4() {
 }
 
 #[test]
+fn encode_av1_to_ivf_mp4_and_obu() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("clip.y4m");
+    write_y4m(&input, 160, 96, 20);
+    for name in ["clip.ivf", "clip.mp4", "clip.obu"] {
+        let output = dir.path().join(name);
+        let stdout = ok(&[
+            "--emulate",
+            "1",
+            "encode",
+            input.to_str().unwrap(),
+            "-o",
+            output.to_str().unwrap(),
+            "--codec",
+            "av1",
+            "--bitrate",
+            "200k",
+            "--gop",
+            "10",
+        ]);
+        assert!(stdout.contains("20 frames 160x96"), "{stdout}");
+        assert!(stdout.contains("2 keyframes"), "{stdout}");
+        assert_eq!(probe(&output), ("av1".to_string(), 160, 96, 20), "{name}");
+        decodes_cleanly(&output);
+    }
+    // The MP4 has an av01 sample entry with its av1C box.
+    let mp4 = std::fs::read(dir.path().join("clip.mp4")).unwrap();
+    assert!(mp4.windows(4).any(|w| w == b"av01") && mp4.windows(4).any(|w| w == b"av1C"));
+    // Containers that do not hold the codec are refused before any session is made.
+    let o = dir.path().join("clip.h264");
+    let err = fails(&[
+        "--emulate",
+        "1",
+        "encode",
+        input.to_str().unwrap(),
+        "-o",
+        o.to_str().unwrap(),
+        "--codec",
+        "av1",
+    ]);
+    assert!(err.contains(".ivf, .mp4 or .obu"), "{err}");
+    assert!(!o.exists());
+    let o = dir.path().join("clip2.ivf");
+    let err = fails(&[
+        "--emulate",
+        "1",
+        "encode",
+        input.to_str().unwrap(),
+        "-o",
+        o.to_str().unwrap(),
+    ]);
+    assert!(err.contains("--codec av1"), "{err}");
+}
+
+#[test]
 fn encode_reads_y4m_from_a_pipe() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("clip.y4m");
@@ -153,14 +208,15 @@ fn demo_writes_playable_files_and_tables() {
         dir.path().to_str().unwrap(),
     ]);
     assert!(out.contains(&dir.path().display().to_string()), "{out}");
+    // The sessions take H.264 and AV1 in turn.
     let expected = [
-        ("session0-1280x720.mp4", 1280, 720),
-        ("session1-640x360.mp4", 640, 360),
-        ("session2-960x540.mp4", 960, 540),
+        ("session0-h264-1280x720.mp4", "h264", 1280, 720),
+        ("session1-av1-640x360.mp4", "av1", 640, 360),
+        ("session2-h264-960x540.mp4", "h264", 960, 540),
     ];
-    for (file, w, h) in expected {
+    for (file, codec, w, h) in expected {
         let path = dir.path().join(file);
-        assert_eq!(probe(&path), ("h264".to_string(), w, h, 24), "{file}");
+        assert_eq!(probe(&path), (codec.to_string(), w, h, 24), "{file}");
         decodes_cleanly(&path);
         assert!(out.contains(file), "{out}");
     }

@@ -274,6 +274,82 @@ impl Channel {
         Ok(packets)
     }
 
+    /// Sends one frame (with `flags`, e.g. `FRAME_FORCE_KEYFRAME`) into the next slot
+    /// without waiting; returns its pts. The caller keeps within the window.
+    pub async fn send_frame(&mut self, frame: &[u8], flags: u32) -> Result<u64> {
+        if self.memfd.is_none() {
+            self.register_slots().await?;
+        }
+        let window = u64::from(self.hello.window);
+        let frame_size = u64::from(self.hello.frame_size);
+        let slot = self.slots_used % window;
+        self.slots_used += 1;
+        let file = self
+            .memfd
+            .as_ref()
+            .map(|m| m.as_file())
+            .context("no memfd")?;
+        file.write_all_at(frame, slot * frame_size)?;
+        let pts = self.next_pts;
+        let rec = ClientRecord::Frame(FrameRef {
+            buffer_id: 0,
+            flags,
+            offset: slot * frame_size,
+            length: self.hello.frame_size,
+            pts,
+        });
+        self.next_pts += 1;
+        self.sock.send(&rec.encode(), None).await?;
+        Ok(pts)
+    }
+
+    /// Receives records until a whole packet has arrived (frame-done records are skipped).
+    pub async fn next_packet(&mut self) -> Result<WirePacket> {
+        loop {
+            match self.recv().await? {
+                Some(DaemonRecord::FrameDone { .. }) => {}
+                Some(DaemonRecord::Packet(chunk)) => {
+                    if let Some(p) = self.assembler.push(chunk)? {
+                        return Ok(p);
+                    }
+                }
+                Some(DaemonRecord::Error { code, message }) => {
+                    bail!("channel error {code}: {message}")
+                }
+                other => bail!("unexpected record {other:?}"),
+            }
+        }
+    }
+
+    /// Sends `END_OF_STREAM`; returns the packets that still came (an engine that holds
+    /// frames sends the last ones now) and the acknowledgement's counts, once the channel
+    /// has ended.
+    pub async fn finish_packets(&mut self) -> Result<(Vec<WirePacket>, (u64, u64))> {
+        self.sock
+            .send(&ClientRecord::EndOfStream.encode(), None)
+            .await?;
+        let mut packets = Vec::new();
+        let ack = loop {
+            match self.recv().await? {
+                Some(DaemonRecord::EndOfStreamAck {
+                    frames_in,
+                    frames_out,
+                }) => break (frames_in, frames_out),
+                Some(DaemonRecord::Packet(chunk)) => {
+                    if let Some(p) = self.assembler.push(chunk)? {
+                        packets.push(p);
+                    }
+                }
+                Some(DaemonRecord::FrameDone { .. }) => {}
+                other => bail!("expected end-of-stream-ack, got {other:?}"),
+            }
+        };
+        match self.recv().await? {
+            None => Ok((packets, ack)),
+            Some(r) => bail!("record after end-of-stream-ack: {r:?}"),
+        }
+    }
+
     /// Sends `END_OF_STREAM` and waits for the acknowledgement and the end of the channel.
     pub async fn finish(&self) -> Result<(u64, u64)> {
         self.sock

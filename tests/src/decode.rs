@@ -144,3 +144,80 @@ pub fn probe_stream(path: &Path) -> Result<(usize, u32, u32)> {
     };
     Ok((n.parse()?, w.parse()?, h.parse()?))
 }
+
+/// Writes AV1 temporal units (one per frame) to an IVF file at `fps` frames per second.
+pub fn write_ivf(path: &Path, width: u32, height: u32, fps: u32, units: &[&[u8]]) -> Result<()> {
+    let mut f = Vec::new();
+    f.extend_from_slice(b"DKIF");
+    f.extend_from_slice(&0u16.to_le_bytes());
+    f.extend_from_slice(&32u16.to_le_bytes());
+    f.extend_from_slice(b"AV01");
+    f.extend_from_slice(&(width as u16).to_le_bytes());
+    f.extend_from_slice(&(height as u16).to_le_bytes());
+    f.extend_from_slice(&fps.to_le_bytes());
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&(units.len() as u32).to_le_bytes());
+    f.extend_from_slice(&0u32.to_le_bytes());
+    for (i, u) in units.iter().enumerate() {
+        f.extend_from_slice(&(u.len() as u32).to_le_bytes());
+        f.extend_from_slice(&(i as u64).to_le_bytes());
+        f.extend_from_slice(u);
+    }
+    std::fs::write(path, f).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Decodes a video file in any container ffmpeg recognises (IVF, MP4) into tight I420
+/// frames of `width` x `height`.
+pub fn decode_ffmpeg_file(path: &Path, width: u32, height: u32) -> Result<Vec<Vec<u8>>> {
+    let raw = run(Command::new("ffmpeg")
+        .args(["-v", "error", "-nostdin", "-i"])
+        .arg(path)
+        .args(["-f", "rawvideo", "-pix_fmt", "yuv420p", "-"]))?;
+    let size = vpu_driver::media::i420_frame_size(width, height);
+    if raw.len() % size != 0 {
+        bail!(
+            "ffmpeg wrote {} bytes, not whole {size} byte frames",
+            raw.len()
+        );
+    }
+    Ok(raw.chunks(size).map(<[u8]>::to_vec).collect())
+}
+
+/// `ffprobe`'s codec name, frame count and keyframe flags of the first video stream of a
+/// file in any container.
+pub fn probe_file(path: &Path) -> Result<(String, Vec<bool>)> {
+    let codec = run(Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=codec_name",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path))?;
+    let frames = run(Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "frame=key_frame",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path))?;
+    let codec = String::from_utf8(codec).context("ffprobe output is not text")?;
+    let frames = String::from_utf8(frames).context("ffprobe output is not text")?;
+    Ok((
+        codec.trim().to_string(),
+        frames
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.trim().starts_with('1'))
+            .collect(),
+    ))
+}

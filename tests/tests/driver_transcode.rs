@@ -1,6 +1,7 @@
 //! The transcoding commands of the card API against the emulated card: Decode Frame into
-//! card frame memory, Scale Frame, Encode Frame from a card frame, Release Frame. Output
-//! checked by a real decoder; hostile input and bad handles give typed rejections.
+//! card frame memory, Scale Frame, Encode Frame from a card frame (on H.264 and AV1
+//! engines), Release Frame. Output checked by a real decoder; hostile input and bad
+//! handles give typed rejections.
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,13 +14,17 @@ use vpu_driver::card::{
 };
 use vpu_driver::emu::{EmuConfig, EmulatedCard};
 use vpu_driver::io::DeviceIo;
-use vpu_tests::decode::{decode_ffmpeg, decode_openh264};
+use vpu_tests::decode::{decode_ffmpeg, decode_ffmpeg_file, decode_openh264, write_ivf};
 use vpu_tests::ladder::{ffmpeg_scaled, testsrc2};
 use vpu_tests::quality::mean_psnr;
 use vpud_client::annexb::access_units;
 
 async fn open() -> (Arc<EmulatedCard>, Arc<Card>) {
-    let emu = EmulatedCard::new(EmuConfig::default()).unwrap();
+    open_with(EmuConfig::default()).await
+}
+
+async fn open_with(config: EmuConfig) -> (Arc<EmulatedCard>, Arc<Card>) {
+    let emu = EmulatedCard::new(config).unwrap();
     let io: Arc<dyn DeviceIo> = emu.clone();
     let card = Card::open(
         io,
@@ -194,4 +199,76 @@ async fn hostile_input_and_bad_handles_are_typed_rejections() {
     assert_eq!(emu.frames_held(), 0);
     card.nop().await.unwrap();
     assert!(!card.fatal());
+}
+
+/// An AV1 engine encodes decoded pictures from card memory as it encodes host frames: its
+/// Encode Frame commands are held until their temporal units are out (a Flush releases the
+/// last ones), each completes with its own picture in order, and ffmpeg decodes them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_av1_engine_encodes_card_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = testsrc2(dir.path(), 320, 240, 12, 6).unwrap();
+    let stream = std::fs::read(&input).unwrap();
+    let (emu, card) = open_with(EmuConfig {
+        engines: 2,
+        av1_engines: 1,
+        ..EmuConfig::default()
+    })
+    .await;
+    let dec = card.create_decoder(&decoder()).await.unwrap();
+    let av1 = card
+        .create_session(&SessionConfig {
+            codec: Codec::Av1,
+            ..encoder(320, 240)
+        })
+        .await
+        .unwrap();
+    let mut decoded = Vec::new();
+    for (pts, unit) in access_units(&stream).iter().enumerate() {
+        decoded.extend(
+            card.decode(dec, FrameInput::Bytes(unit), pts as u64)
+                .await
+                .unwrap(),
+        );
+    }
+    while let Some(pic) = card.flush_decoder(dec).await.unwrap() {
+        decoded.push(pic);
+    }
+    assert_eq!(decoded.len(), 12);
+    // All submitted at once (the engine holds them for its lookahead), then a Flush.
+    let encodes = futures_util::future::join_all(
+        decoded
+            .iter()
+            .enumerate()
+            .map(|(pts, pic)| card.encode_card_frame(av1, *pic, pts as u64, pts == 0)),
+    );
+    let flush = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        card.flush(av1).await
+    };
+    let (packets, flushed) = tokio::join!(encodes, flush);
+    flushed.unwrap();
+    let packets: Vec<_> = packets.into_iter().map(Result::unwrap).collect();
+    for (pts, p) in packets.iter().enumerate() {
+        assert_eq!(p.pts, pts as u64);
+        assert!(
+            p.keyframe || pts > 0,
+            "the first temporal unit is a keyframe"
+        );
+        assert!(!p.data.is_empty());
+    }
+    for pic in decoded {
+        card.release_frame(pic).await.unwrap();
+    }
+    assert_eq!(emu.frames_held(), 0, "frames left in card memory");
+    let ivf = dir.path().join("card.ivf");
+    let units: Vec<&[u8]> = packets.iter().map(|p| &p.data[..]).collect();
+    write_ivf(&ivf, 320, 240, 30, &units).unwrap();
+    let got = decode_ffmpeg_file(&ivf, 320, 240).unwrap();
+    assert_eq!(got.len(), 12, "frames ffmpeg decoded");
+    let reference = decode_ffmpeg(&input, 320, 240).unwrap();
+    let psnr = mean_psnr(&reference, &got);
+    assert!(psnr >= 30.0, "AV1 from card frames: {psnr:.2} dB");
+    card.destroy_decoder(dec).await.unwrap();
+    card.destroy_session(av1).await.unwrap();
 }
