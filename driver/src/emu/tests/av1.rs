@@ -287,3 +287,44 @@ fn held_frames_drain_when_idle_and_retry_small_buffers() {
         (cid, (VPU_SCT_VENDOR, VPU_SC_SESSION_ABORTED))
     );
 }
+
+/// Bytes of `n` frames of an AV1 session with `p`, all submitted, then a Flush; every
+/// command completes OK and the first frame is a keyframe.
+fn encode_bytes(p: &vpu_session_params, n: usize) -> u64 {
+    let mut host = Host::new(mixed());
+    let session = host.create_session(p);
+    let mut s = Stream::new(&mut host, p, n);
+    let cids: Vec<u16> = (0..n)
+        .map(|i| s.submit(&host, session, i, 256 * 1024, 0))
+        .collect();
+    let flush = s.flush(&host, session);
+    let mut bytes = 0;
+    for (i, cid) in cids.iter().enumerate() {
+        let cqe = s.q.wait(&host.io, TIMEOUT).expect("encoded");
+        assert_eq!(({ cqe.cid }, status(&cqe)), (*cid, OK));
+        if i == 0 {
+            assert_ne!(cqe.dw1 & VPU_ENCODED_KEYFRAME, 0);
+        }
+        bytes += u64::from(cqe.dw0);
+    }
+    let cqe = s.q.wait(&host.io, TIMEOUT).expect("flushed");
+    assert_eq!(({ cqe.cid }, status(&cqe)), (flush, OK));
+    bytes
+}
+
+#[test]
+fn cqp_and_vbr_sessions_encode() {
+    let cqp = |qp| vpu_session_params {
+        rate_control: VPU_RC_CQP as u8,
+        qp,
+        ..av1_params(64, 48)
+    };
+    let (fine, coarse) = (encode_bytes(&cqp(10), 8), encode_bytes(&cqp(45), 8));
+    assert!(coarse < fine, "CQP 45 gave {coarse} bytes, CQP 10 {fine}");
+    let vbr = vpu_session_params {
+        rate_control: VPU_RC_VBR as u8,
+        max_bitrate: 400_000,
+        ..av1_params(64, 48)
+    };
+    assert!(encode_bytes(&vbr, 8) > 0);
+}
