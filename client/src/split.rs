@@ -174,6 +174,27 @@ impl FrameSender {
         &self.name
     }
 
+    /// Waits until every frame sent has had its `FRAME_DONE`: the daemon has read and
+    /// encoded all of them, so a `Session.RequestKeyframe` made now lands on the next
+    /// frame sent.
+    pub async fn wait_idle(&mut self) -> Result<()> {
+        loop {
+            {
+                let f = self.shared.lock();
+                if let Some(reason) = &f.ended {
+                    return Err(ClientError::ChannelEnded {
+                        session: self.name.clone(),
+                        reason: reason.clone(),
+                    });
+                }
+                if f.in_flight.is_empty() {
+                    return Ok(());
+                }
+            }
+            self.shared.changed.notified().await;
+        }
+    }
+
     /// Registers another memfd (sealed against shrinking, see `docs/data-channel.md`) as
     /// buffer `buffer_id` (1 … `HELLO.max_buffers` − 1; 0 is the channel's own pool), so
     /// that frames written into it can be sent by reference ([`FrameSender::send_ref`]).

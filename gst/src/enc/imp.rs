@@ -292,6 +292,48 @@ impl VpuH264Enc {
         })
     }
 
+    /// Asks the daemon for a keyframe on frame `number`, the next one to be sent: first
+    /// waits until every frame in flight is done, so the request cannot land on an
+    /// earlier one (a stall of one window, once per forced keyframe), then calls
+    /// `Session.RequestKeyframe`. Returns whether the request was made.
+    fn request_keyframe(&self, st: &mut State, number: u64) -> bool {
+        let Ok(rt) = self.runtime() else {
+            return false;
+        };
+        let Some(active) = st.active.as_mut() else {
+            return false;
+        };
+        let sender = &mut active.sender;
+        let proxy = &active.proxy;
+        let r = self.unlocked(|| {
+            rt.block_on(async {
+                sender.wait_idle().await?;
+                proxy
+                    .request_keyframe()
+                    .await
+                    .map_err(|e| ClientError::from_call("Session.RequestKeyframe", e))
+            })
+        });
+        match r {
+            Ok(()) => {
+                gst::debug!(
+                    gst::CAT_DEFAULT,
+                    imp = self,
+                    "keyframe requested on frame {number}"
+                );
+                true
+            }
+            Err(e) => {
+                gst::debug!(
+                    gst::CAT_DEFAULT,
+                    imp = self,
+                    "RequestKeyframe for frame {number}: {e}; flagging the frame instead"
+                );
+                false
+            }
+        }
+    }
+
     /// Changes the open session's bit rate (`Session.Reconfigure`), without waiting.
     fn reconfigure_bitrate(&self, kbps: u32) {
         let Ok(rt) = self.runtime() else { return };
@@ -528,6 +570,9 @@ impl VideoEncoderImpl for VpuH264Enc {
                 return Err(gst::FlowError::Error);
             }
         }
+        // A forced keyframe goes through Session.RequestKeyframe, which applies to the
+        // next frame the daemon reads; the per-frame flag is the fallback if the call fails.
+        let force = force && !self.request_keyframe(&mut st, number);
         match self.send(&mut st, &buffer, number, force) {
             Ok(()) => Ok(gst::FlowSuccess::Ok),
             Err(SendError::Posted) => Err(st
