@@ -10,7 +10,7 @@
 //! - [`daemon`]: a private bus with vpud on it, zbus and data-channel clients, `gdbus` and
 //!   `busctl`;
 //! - [`load`]: the soak and surge runs of `vpud` as a separate process;
-//! - [`vm`]: the VFIO tier's VM: prerequisites, static guest program, initramfs, QEMU.
+//! - [`vm`]: the VFIO tier's VM: prerequisites, the guest program's libraries, initramfs, QEMU.
 
 pub mod clip;
 pub mod daemon;

@@ -59,14 +59,11 @@ fn vfio_vm() {
     ));
 
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let workspace = manifest.parent().expect("tests/ is inside the workspace");
-    let target_root = tmp
-        .parent()
-        .expect("CARGO_TARGET_TMPDIR is inside the target dir");
-    let guest = vm::build_guest(workspace, &target_root.join("vm-guest"))
-        .expect("building the static guest program");
+    // The guest program is this package's own binary, built with the tests.
+    let guest = Path::new(env!("CARGO_BIN_EXE_vfio-guest"));
+    let libs = vm::shared_libraries(guest).expect("listing the guest program's libraries");
     let initramfs = work.join("initramfs.cpio");
-    vm::build_initramfs(&pre, &manifest.join("vm/init"), &guest, &initramfs)
+    vm::build_initramfs(&pre, &manifest.join("vm/init"), guest, &libs, &initramfs)
         .expect("building the initramfs");
 
     let mut cfg = VmConfig::default();

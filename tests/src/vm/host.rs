@@ -1,5 +1,5 @@
 //! What the tier needs from the host (QEMU, a Debian kernel with its vfio modules, a
-//! static busybox) and the static guest program it builds.
+//! static busybox) and the shared objects the guest program needs.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -163,37 +163,77 @@ impl Prerequisites {
     }
 }
 
-/// Builds the guest program statically (glibc, `+crt-static`) in its own target
-/// directory so the workspace's normal build is untouched. Returns the binary.
-pub fn build_guest(workspace: &Path, target_dir: &Path) -> anyhow::Result<PathBuf> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let target = "x86_64-unknown-linux-gnu";
-    let status = Command::new(cargo)
-        .current_dir(workspace)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "vpu-tests",
-            "--bin",
-            "vfio-guest",
-        ])
-        .args(["--target", target])
-        .args(["--config", "profile.release.debug=0"])
-        .args(["--config", "profile.release.strip=true"])
-        .env("CARGO_TARGET_DIR", target_dir)
-        .env_remove("RUSTFLAGS")
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+crt-static")
-        .stdout(Stdio::inherit())
+/// The shared objects a dynamically linked program loads, as `ldd` resolves them on this
+/// host: the program interpreter (`/lib64/ld-linux-x86-64.so.2`) and every library, each
+/// by the absolute path the guest's loader will look for. The guest runs the host's own
+/// kernel-independent userland, so the host's glibc is the right one to carry.
+pub fn shared_libraries(program: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let out = Command::new("ldd")
+        .arg(program)
         .stderr(Stdio::inherit())
-        .status()
-        .context("running cargo build for the guest program")?;
-    if !status.success() {
-        bail!("building the guest program failed ({status})");
+        .output()
+        .context("running ldd (Debian's libc-bin) on the guest program")?;
+    if !out.status.success() {
+        bail!("ldd {} failed ({})", program.display(), out.status);
     }
-    let bin = target_dir.join(target).join("release/vfio-guest");
-    if !is_static_elf(&bin)? {
-        bail!("{} is not statically linked", bin.display());
+    parse_ldd(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The paths in `ldd`'s output: `name => /path (0x…)`, `/path (0x…)` for the interpreter;
+/// the vDSO (`linux-vdso.so.1 (0x…)`) has no file and is skipped.
+fn parse_ldd(text: &str) -> anyhow::Result<Vec<PathBuf>> {
+    let mut libs = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if line.contains("not found") {
+            bail!("the guest program needs a library this host lacks: {line}");
+        }
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.trim(),
+            None => line,
+        };
+        let path = path.split_whitespace().next().unwrap_or_default();
+        if path.starts_with('/') {
+            libs.push(PathBuf::from(path));
+        }
     }
-    Ok(bin)
+    if !libs
+        .iter()
+        .any(|l| l.to_string_lossy().contains("ld-linux"))
+    {
+        bail!("ldd named no program interpreter:\n{text}");
+    }
+    Ok(libs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_output_gives_libraries_and_the_interpreter() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd5e1f4000)\n\
+            \tlibstdc++.so.6 => /lib/x86_64-linux-gnu/libstdc++.so.6 (0x00007f0a2c800000)\n\
+            \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f0a2c400000)\n\
+            \t/lib64/ld-linux-x86-64.so.2 (0x00007f0a2cc9d000)\n";
+        let libs = parse_ldd(text).expect("parsed");
+        let names: Vec<_> = libs
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "/lib/x86_64-linux-gnu/libstdc++.so.6",
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_library_or_a_static_program_is_an_error() {
+        let missing = "\tlibfoo.so.1 => not found\n\t/lib64/ld-linux-x86-64.so.2 (0x1)\n";
+        assert!(parse_ldd(missing).is_err());
+        assert!(parse_ldd("\tnot a dynamic executable\n").is_err());
+    }
 }

@@ -1,5 +1,6 @@
 //! The guest's initramfs: a `newc` cpio archive written here (no `cpio` tool needed) with
-//! busybox, the init script, the guest program and the vfio modules in load order.
+//! busybox, the init script, the guest program with the shared objects it loads, and the
+//! vfio modules in load order.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -155,22 +156,61 @@ fn read_module(path: &Path) -> anyhow::Result<Vec<u8>> {
     }
 }
 
-/// Writes the initramfs: busybox, `init`, the guest program, the vfio modules.
+/// The guest program without its debug sections (`objcopy --strip-debug`, binutils): the
+/// test build keeps line tables, which would only make the archive several times larger.
+/// Unstripped when objcopy is missing or fails.
+fn read_program(path: &Path, work: &Path) -> anyhow::Result<Vec<u8>> {
+    let stripped = work.join("vfio-guest.stripped");
+    let ok = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(path)
+        .arg(&stripped)
+        .status()
+        .is_ok_and(|s| s.success());
+    let from = if ok { stripped.as_path() } else { path };
+    std::fs::read(from).with_context(|| format!("reading {}", from.display()))
+}
+
+/// Writes the initramfs: busybox, `init`, the guest program and each of its shared
+/// objects at the absolute path it has on the host (`libs`, from
+/// [`shared_libraries`](super::shared_libraries)), the vfio modules. `out`'s directory
+/// holds intermediate files.
 pub fn build_initramfs(
     pre: &Prerequisites,
     init: &Path,
     guest: &Path,
+    libs: &[PathBuf],
     out: &Path,
 ) -> anyhow::Result<()> {
     let mut cpio = Cpio::new();
-    for d in ["bin", "dev", "proc", "sys", "tmp", "modules"] {
+    let mut dirs: Vec<String> = ["bin", "dev", "proc", "sys", "tmp", "modules"]
+        .map(str::to_owned)
+        .to_vec();
+    for lib in libs {
+        let rel = lib.strip_prefix("/").unwrap_or(lib);
+        for dir in rel.ancestors().skip(1) {
+            let dir = dir.to_string_lossy().into_owned();
+            if !dir.is_empty() && !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+    }
+    // Parents before children.
+    dirs.sort_by_key(|d| d.matches('/').count());
+    for d in &dirs {
         cpio.dir(d);
     }
     // The console must exist before devtmpfs is mounted, for init's stdout.
     cpio.entry("dev/console", 0o020600, (5, 1), &[]);
     cpio.file("bin/busybox", 0o755, &std::fs::read(&pre.busybox)?);
     cpio.file("init", 0o755, &std::fs::read(init)?);
-    cpio.file("vfio-guest", 0o755, &std::fs::read(guest)?);
+    let work = out.parent().unwrap_or(Path::new("."));
+    cpio.file("vfio-guest", 0o755, &read_program(guest, work)?);
+    for lib in libs {
+        let rel = lib.strip_prefix("/").unwrap_or(lib).to_string_lossy();
+        let data = std::fs::read(lib).with_context(|| format!("reading {}", lib.display()))?;
+        cpio.file(&rel, 0o755, &data);
+    }
     let mut order = String::new();
     for m in module_order(&pre.modules)? {
         let file = m
