@@ -113,7 +113,8 @@ impl ManagerIface {
             let owner = caller(&header)?;
             let req = params::reserve_request(&params)?;
             let card = req.card.as_deref();
-            Ok(reservation::reserve(&self.daemon, &owner, req.units, card).await?)
+            let id = reservation::reserve(&self.daemon, &owner, req.units, card)?;
+            Ok(signals::reservation_added(&self.daemon, id, &owner).await?)
         })
         .await
     }

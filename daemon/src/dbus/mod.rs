@@ -90,7 +90,7 @@ pub async fn watch_clients(daemon: Arc<Daemon>, conn: Connection) -> zbus::Resul
             continue;
         }
         crate::session::owner_left(&daemon, &name);
-        crate::service::reservation::owner_left(&daemon, &name).await;
+        crate::service::reservation::owner_left(&daemon, &name);
     }
     Ok(())
 }

@@ -8,8 +8,8 @@ use zbus::message::Header;
 use zbus::{ObjectPath, OwnedObjectPath};
 
 use super::access::caller;
-use super::counted;
 use super::error::VpudError;
+use super::{counted, signals};
 use crate::service::reservation;
 use crate::service::state::{lock, Daemon, ROOT_PATH};
 
@@ -48,7 +48,10 @@ impl ReservationIface {
                     self.id
                 )));
             }
-            reservation::release(&self.daemon, self.id, "released by its owner").await;
+            reservation::release(&self.daemon, self.id, "released by its owner");
+            // Gone from the bus before the owner hears it is released (the publisher's
+            // removal that follows finds nothing to do).
+            signals::reservation_removed(&self.daemon, &self.path).await;
             Ok(())
         })
         .await

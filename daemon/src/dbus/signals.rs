@@ -13,9 +13,11 @@ use zbus::names::InterfaceName;
 use zbus::object_server::SignalEmitter;
 use zbus::{ObjectPath, Variant};
 
+use super::reservation::ReservationIface;
 use super::session::SessionIface;
 use crate::scheduler::CardState;
 use crate::service::changes::Change;
+use crate::service::reservation::{self, ReserveError};
 use crate::service::state::{lock, Daemon, SessionEntry, ROOT_PATH};
 
 const MANAGER: &str = "org.vpud.Vpud1.Manager";
@@ -144,6 +146,59 @@ pub async fn session_added(daemon: &Arc<Daemon>, entry: &Arc<SessionEntry>) -> z
     Ok(())
 }
 
+/// Puts reservation `id`, just made for `owner`, on the bus; its path. When that fails,
+/// the reservation is given back. If the owner left (or released it) meanwhile, the
+/// object goes again and the caller hears that the owner is gone.
+pub async fn reservation_added(
+    daemon: &Arc<Daemon>,
+    id: u64,
+    owner: &str,
+) -> Result<zbus::OwnedObjectPath, ReserveError> {
+    let path = reservation::path(id);
+    let published = match daemon.connection() {
+        Some(conn) => {
+            let iface = ReservationIface {
+                daemon: Arc::clone(daemon),
+                id,
+                path: path.clone(),
+            };
+            conn.object_server().at(path.clone(), iface).await
+        }
+        None => Err(zbus::Error::Failure("the daemon is not on the bus".into())),
+    };
+    if let Err(e) = published {
+        reservation::abandon(daemon, id);
+        return Err(e.into());
+    }
+    // Its release was announced before the object existed: the object goes now.
+    if !reservation::stands(daemon, id) {
+        reservation_removed(daemon, &path).await;
+        return Err(ReserveError::OwnerGone {
+            owner: owner.to_owned(),
+        });
+    }
+    Ok(path)
+}
+
+/// Removes an ended reservation's object (`InterfacesRemoved`). An object that is not
+/// there (removed already, or its release raced its publication) is not an error.
+pub(super) async fn reservation_removed(daemon: &Daemon, path: &zbus::OwnedObjectPath) {
+    let Some(conn) = daemon.connection() else {
+        return;
+    };
+    match conn
+        .object_server()
+        .remove::<ReservationIface, _>(path.clone())
+        .await
+    {
+        Ok(_) | Err(zbus::Error::InterfaceNotFound) => {}
+        Err(e) => {
+            daemon.metrics.error("dbus.remove-object");
+            tracing::warn!(error = %e, path = %path, "removing the reservation object failed");
+        }
+    }
+}
+
 /// Session counters (FramesIn, FramesOut, BytesOut, Keyframes).
 async fn session_counters(daemon: &Daemon, entry: &SessionEntry) {
     let c = &entry.counters;
@@ -248,6 +303,7 @@ async fn announce(daemon: &Daemon, change: Change) {
             reason,
             card,
         } => session_removed(daemon, &session, &reason, card).await,
+        Change::ReservationRemoved { path } => reservation_removed(daemon, &path).await,
     }
 }
 

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
+use zbus::OwnedObjectPath;
 
 use super::state::{lock, SessionEntry};
 use crate::scheduler::CardState;
@@ -47,6 +48,8 @@ pub enum Change {
         reason: String,
         card: Option<usize>,
     },
+    /// A reservation ended; its object goes.
+    ReservationRemoved { path: OwnedObjectPath },
 }
 
 /// The changes not yet announced.

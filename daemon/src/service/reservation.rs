@@ -1,14 +1,14 @@
 //! Reservations of capacity as the daemon keeps them: made by `Manager.Reserve`, published
 //! at `/org/vpud/Vpud1/reservation/N` (`N` never reused within a daemon's life), ended by
 //! their owner's `Release()` or by their owner leaving the bus. The books are the
-//! scheduler's ([`crate::scheduler::reserve`]).
-
-use std::sync::Arc;
+//! scheduler's ([`crate::scheduler::reserve`]); the D-Bus layer puts a new reservation's
+//! object on the bus, and an ended one's object leaves it through the change publisher
+//! ([`Change::ReservationRemoved`]).
 
 use zbus::OwnedObjectPath;
 
-use crate::dbus::reservation::ReservationIface;
 use crate::scheduler::{Released, SchedError};
+use crate::service::changes::Change;
 use crate::service::state::{lock, Daemon};
 
 /// Object path prefix of reservations (`…/reservation/N`).
@@ -48,14 +48,14 @@ pub fn number(path: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Sets `units` load units aside for `owner` (on `card` if given) and publishes the
-/// reservation; returns its path.
-pub async fn reserve(
-    daemon: &Arc<Daemon>,
+/// Sets `units` load units aside for `owner` (on `card` if given); returns the
+/// reservation's number. The caller publishes it, or gives it back with [`abandon`].
+pub fn reserve(
+    daemon: &Daemon,
     owner: &str,
     units: u64,
     card: Option<&str>,
-) -> Result<OwnedObjectPath, ReserveError> {
+) -> Result<u64, ReserveError> {
     if daemon
         .shutting_down
         .load(std::sync::atomic::Ordering::Acquire)
@@ -76,50 +76,35 @@ pub async fn reserve(
             }
         })?),
     };
-    let (id, card) = {
-        let mut sched = lock(&daemon.sched);
-        // Checked under the scheduler's lock: `owner_left` records the departure before
-        // it collects the owner's reservations from the scheduler, so a reservation
-        // is either refused here or collected there.
-        if daemon.has_departed(owner) {
-            return Err(ReserveError::OwnerGone {
-                owner: owner.to_owned(),
-            });
-        }
-        let id = sched.reserve(owner, units, pinned)?;
-        (id, sched.reservation(id).map_or(0, |r| r.card))
-    };
-    let path = path(id);
-    let published = match daemon.connection() {
-        Some(conn) => {
-            let iface = ReservationIface {
-                daemon: Arc::clone(daemon),
-                id,
-                path: path.clone(),
-            };
-            conn.object_server().at(path.clone(), iface).await
-        }
-        None => Err(zbus::Error::Failure("the daemon is not on the bus".into())),
-    };
-    if let Err(e) = published {
-        lock(&daemon.sched).unreserve(id);
-        return Err(e.into());
-    }
-    // Its owner may have left while the object was being published: then it was released
-    // already, and the object goes too.
-    if lock(&daemon.sched).reservation(id).is_none() {
-        remove_object(daemon, &path).await;
+    let mut sched = lock(&daemon.sched);
+    // Checked under the scheduler's lock: `owner_left` records the departure before it
+    // collects the owner's reservations from the scheduler, so a reservation is either
+    // refused here or collected there.
+    if daemon.has_departed(owner) {
         return Err(ReserveError::OwnerGone {
             owner: owner.to_owned(),
         });
     }
+    let id = sched.reserve(owner, units, pinned)?;
+    let card = sched.reservation(id).map_or(0, |r| r.card);
     tracing::info!(reservation = id, owner, units, card, "reservation made");
-    Ok(path)
+    Ok(id)
+}
+
+/// Whether reservation `id` still stands (its owner may have left, or released it, since
+/// it was made).
+pub fn stands(daemon: &Daemon, id: u64) -> bool {
+    lock(&daemon.sched).reservation(id).is_some()
+}
+
+/// Gives back a reservation that could not be published; nothing was announced.
+pub fn abandon(daemon: &Daemon, id: u64) {
+    lock(&daemon.sched).unreserve(id);
 }
 
 /// Ends reservation `id`: its units are free again, its sessions carry on outside any
-/// reservation, and its object leaves the bus. `None` if it was already gone.
-pub async fn release(daemon: &Arc<Daemon>, id: u64, reason: &str) -> Option<Released> {
+/// reservation, and its object is to leave the bus. `None` if it was already gone.
+pub fn release(daemon: &Daemon, id: u64, reason: &str) -> Option<Released> {
     let released = lock(&daemon.sched).unreserve(id)?;
     for s in &released.sessions {
         if let Some(entry) = daemon.session(*s) {
@@ -129,29 +114,18 @@ pub async fn release(daemon: &Arc<Daemon>, id: u64, reason: &str) -> Option<Rele
     tracing::info!(reservation = id, owner = %released.reservation.owner,
         units = released.reservation.units, sessions = released.sessions.len(), reason,
         "reservation released");
-    remove_object(daemon, &path(id)).await;
+    daemon
+        .changes
+        .push(Change::ReservationRemoved { path: path(id) });
     Some(released)
 }
 
 /// Ends every reservation of `owner`, who left the bus (after [`Daemon::owner_left`]
 /// recorded the departure).
-pub async fn owner_left(daemon: &Arc<Daemon>, owner: &str) {
+pub fn owner_left(daemon: &Daemon, owner: &str) {
     let ids = lock(&daemon.sched).reservations_of(owner);
     for id in ids {
-        release(daemon, id, "the owner left the bus").await;
-    }
-}
-
-async fn remove_object(daemon: &Daemon, path: &OwnedObjectPath) {
-    if let Some(conn) = daemon.connection() {
-        if let Err(e) = conn
-            .object_server()
-            .remove::<ReservationIface, _>(path.clone())
-            .await
-        {
-            daemon.metrics.error("dbus.remove-object");
-            tracing::warn!(error = %e, path = %path, "removing the reservation object failed");
-        }
+        release(daemon, id, "the owner left the bus");
     }
 }
 
