@@ -271,6 +271,10 @@ struct vpu_cqe {
  *        command's frame). An engine that reorders (B-frames) reports a lag here.
  *   Status: SESSION_NOT_FOUND, OUTPUT_TOO_SMALL (nothing written), ENGINE_FAULT,
  *           SESSION_ABORTED, DATA_TRANSFER_ERROR, INPUT_TOO_SMALL.
+ *   On OUTPUT_TOO_SMALL the card keeps the coded frame; the retry of the same frame
+ *   (same presentation timestamp) with a larger buffer gets it without coding it again,
+ *   so frames already submitted behind it are coded against it and the stream stays
+ *   whole in submission order.
  */
 #define VPU_IO_ENCODE_FRAME 0x80u
 /* Flush: CDW10 session id. Completes once every earlier frame of the session has. */

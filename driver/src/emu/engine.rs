@@ -379,7 +379,7 @@ pub(super) fn run(shared: Arc<Shared>, engine: Arc<Engine>) {
                 };
                 let result = job
                     .session
-                    .encode(&e.input, &e.output, e.force_idr, may_write);
+                    .encode(&e.input, &e.output, e.force_idr, e.pts, may_write);
                 pace(&shared, &engine, start, job.session.params.luma(), factor);
                 busy(&engine, false);
                 session::count(&job.session, &result);

@@ -6,6 +6,7 @@
 //! Only NV12 chroma (de-interleaved into I420 planes) and frames scattered over several
 //! host regions are copied, into buffers the session keeps between frames.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -59,8 +60,12 @@ struct Codec {
     peak_set: bool,
     bitrate: u32,
     fps: f32,
-    /// The next frame must be an IDR (after an output that did not fit was dropped).
+    /// The next frame must be an IDR (after a coded frame was lost: it could not be
+    /// written, or was dropped from `kept`).
     idr_next: bool,
+    /// Coded frames whose output buffer was too small, by pts, oldest first, kept for
+    /// the retry of the same frame (at most [`KEPT_MAX`]).
+    kept: VecDeque<(u64, Coded)>,
     staging: Staging,
     /// Lowest QP the rate control may choose; raised when a frame overflows the encoder.
     qp_floor: u8,
@@ -71,6 +76,17 @@ struct Codec {
 /// overflows the encoder's internal buffer, and openh264 fails the frame. A hardware
 /// engine clamps QP instead of failing; so does this one, then re-codes the frame as an IDR.
 const QP_FLOORS: [u8; 4] = [0, 24, 32, 40];
+
+/// How many coded frames a session keeps for retries at once. Frames submitted behind
+/// one whose output did not fit are coded before its retry comes; each may overflow too.
+const KEPT_MAX: usize = 8;
+
+/// One coded H.264 frame: its Annex-B bytes, frame type and whether it is a keyframe.
+struct Coded {
+    bytes: Vec<u8>,
+    frame_type: u32,
+    keyframe: bool,
+}
 
 /// A session's encoder, with the buffers its input is staged in.
 enum Coder {
@@ -213,6 +229,7 @@ impl Session {
                     bitrate: params.bitrate,
                     fps,
                     idr_next: false,
+                    kept: VecDeque::new(),
                     staging: Staging::default(),
                     qp_floor: QP_FLOORS[0],
                 })))
@@ -333,22 +350,66 @@ impl Session {
         matches!(self.codec, Coder::Av1(_))
     }
 
-    /// Encodes one frame of an H.264 session from `input` into `output`. On
-    /// OUTPUT_TOO_SMALL nothing is written and the next frame is coded as an IDR, so a
-    /// retry keeps the stream decodable. The bitstream is written only while `may_write`
-    /// grants it.
+    /// Encodes one frame of an H.264 session (presentation timestamp `pts`) from `input`
+    /// into `output`. When the coded frame does not fit, nothing is written and the card
+    /// keeps it: the retry of the same frame (same `pts`) gets it without coding it
+    /// again, so the frames coded behind it meanwhile keep their references and the
+    /// stream stays whole in submission order. The bitstream is written only while
+    /// `may_write` grants it.
     pub fn encode<G>(
         &self,
         input: &EncodeInput,
         output: &HostSpan,
         force_idr: bool,
+        pts: u64,
         may_write: impl FnOnce() -> Option<G>,
     ) -> Result<Encoded, Status> {
         let Coder::H264(codec) = &self.codec else {
             return Err(Status::vendor(VPU_SC_ENGINE_FAULT));
         };
         let mut guard = lock(codec);
-        let forced = self.apply_pending(&mut guard)?;
+        let kept = guard.kept.iter().position(|(p, _)| *p == pts);
+        let coded = match kept.and_then(|i| guard.kept.remove(i)) {
+            Some((_, coded)) => coded,
+            None => self.code(&mut guard, input, force_idr)?,
+        };
+        let dma = Status::generic(VPU_SC_DATA_TRANSFER_ERROR);
+        if coded.bytes.len() > output.len {
+            if guard.kept.len() >= KEPT_MAX {
+                // The oldest is given up: frames that refer to it cannot be decoded, so
+                // the next frame starts afresh.
+                guard.kept.pop_front();
+                guard.idr_next = true;
+            }
+            guard.kept.push_back((pts, coded));
+            return Err(Status::vendor(VPU_SC_OUTPUT_TOO_SMALL));
+        }
+        // The device may still write host memory (no reset, removal or BME clear since the
+        // command was fetched); held while writing so a reset cannot interleave.
+        let written = match may_write() {
+            Some(_permit) => output.region.write(output.offset, &coded.bytes),
+            None => false,
+        };
+        if !written {
+            guard.idr_next = true;
+            return Err(dma);
+        }
+        Ok(Encoded {
+            bytes: coded.bytes.len() as u32,
+            frame_type: coded.frame_type,
+            keyframe: coded.keyframe,
+        })
+    }
+
+    /// Codes one frame with the session's openh264 encoder (as an IDR when asked, or
+    /// when the previous coded frame was lost).
+    fn code(
+        &self,
+        guard: &mut Codec,
+        input: &EncodeInput,
+        force_idr: bool,
+    ) -> Result<Coded, Status> {
+        let forced = self.apply_pending(guard)?;
         let p = &self.params;
         let Codec {
             encoder,
@@ -359,8 +420,7 @@ impl Session {
             bitrate,
             fps,
             ..
-        } = &mut *guard;
-        let dma = Status::generic(VPU_SC_DATA_TRANSFER_ERROR);
+        } = guard;
         let planes = stage(p, input, staging)?;
         if force_idr || forced || *idr_next {
             encoder.force_intra_frame();
@@ -393,6 +453,7 @@ impl Session {
             }
         };
         *started = true;
+        *idr_next = false;
         let (frame_type, keyframe) = match bitstream.frame_type() {
             FrameType::IDR => (VPU_FRAME_TYPE_IDR, true),
             FrameType::I => (VPU_FRAME_TYPE_I, false),
@@ -400,41 +461,16 @@ impl Session {
             FrameType::Skip => (VPU_FRAME_TYPE_SKIPPED, false),
             FrameType::Invalid => return Err(Status::vendor(VPU_SC_ENGINE_FAULT)),
         };
-        let mut total = 0usize;
+        let mut bytes = Vec::new();
         for l in 0..bitstream.num_layers() {
             if let Some(layer) = bitstream.layer(l) {
                 for n in 0..layer.nal_count() {
-                    total += layer.nal_unit(n).map_or(0, <[u8]>::len);
+                    bytes.extend_from_slice(layer.nal_unit(n).unwrap_or_default());
                 }
             }
         }
-        if total > output.len {
-            *idr_next = true;
-            return Err(Status::vendor(VPU_SC_OUTPUT_TOO_SMALL));
-        }
-        // The device may still write host memory (no reset, removal or BME clear since the
-        // command was fetched); held while writing so a reset cannot interleave.
-        let Some(_permit) = may_write() else {
-            *idr_next = true;
-            return Err(dma);
-        };
-        let mut pos = output.offset;
-        for l in 0..bitstream.num_layers() {
-            if let Some(layer) = bitstream.layer(l) {
-                for n in 0..layer.nal_count() {
-                    if let Some(nal) = layer.nal_unit(n) {
-                        if !output.region.write(pos, nal) {
-                            *idr_next = true;
-                            return Err(dma);
-                        }
-                        pos += nal.len();
-                    }
-                }
-            }
-        }
-        *idr_next = false;
-        Ok(Encoded {
-            bytes: total as u32,
+        Ok(Coded {
+            bytes,
             frame_type,
             keyframe,
         })

@@ -355,6 +355,68 @@ fn encode_errors_leave_the_card_working() {
     assert_eq!({ log.errors }, 4);
 }
 
+/// A frame whose output did not fit is kept by the card while the frames behind it are
+/// coded; its retry gets it, and the stream decodes in submission order.
+#[test]
+fn a_frame_too_large_for_its_buffer_is_kept_for_its_retry() {
+    let mut host = Host::new(EmuConfig::default());
+    let p = params(64, 64, false);
+    let session = host.create_session(&p);
+    let mut q = host.io_queue(1, 8, 1);
+    let frames: Vec<Frame> = (0..3).map(|n| Frame::new(&host, &pattern(&p, n))).collect();
+    let outs: Vec<_> = (0..3)
+        .map(|_| host.io.alloc_dma(1 << 16).unwrap())
+        .collect();
+    let with_pts = |n: usize, out_len: u32| {
+        let mut c = encode_cmd(session, &frames[n], &outs[n], out_len, 0);
+        c.cdw12 = n as u32;
+        c
+    };
+    // Frame 0 does not fit; frames 1 and 2 are already queued behind it.
+    let first = q.submit(&host.io, with_pts(0, 16));
+    let behind = [
+        q.submit(&host.io, with_pts(1, 1 << 16)),
+        q.submit(&host.io, with_pts(2, 1 << 16)),
+    ];
+    let mut done = std::collections::HashMap::new();
+    for _ in 0..3 {
+        let cqe = q.wait(&host.io, TIMEOUT).expect("completion");
+        done.insert(cqe.cid, cqe);
+    }
+    assert_eq!(
+        status(&done[&first]),
+        (VPU_SCT_VENDOR, VPU_SC_OUTPUT_TOO_SMALL)
+    );
+    for cid in behind {
+        assert_eq!(status(&done[&cid]), OK);
+        assert_eq!(
+            done[&cid].dw1 & VPU_ENCODED_KEYFRAME,
+            0,
+            "coded after frame 0"
+        );
+    }
+    // The retry returns frame 0 as it was coded: the IDR the others refer to.
+    q.submit(&host.io, with_pts(0, 1 << 16));
+    let retry = q.wait(&host.io, TIMEOUT).expect("retry completion");
+    assert_eq!(status(&retry), OK);
+    assert_ne!(retry.dw1 & VPU_ENCODED_KEYFRAME, 0);
+    let packet = |n: usize, cqe: &vpu_cqe| {
+        let mut b = vec![0u8; cqe.dw0 as usize];
+        assert!(outs[n].read(0, &mut b));
+        b
+    };
+    let stream = [
+        packet(0, &retry),
+        packet(1, &done[&behind[0]]),
+        packet(2, &done[&behind[1]]),
+    ];
+    let mut decoder = openh264::decoder::Decoder::new().unwrap();
+    for (n, unit) in stream.iter().enumerate() {
+        let yuv = decoder.decode(unit).expect("decodable in submission order");
+        assert!(yuv.is_some(), "frame {n} decoded");
+    }
+}
+
 /// Textured content that costs bits: a noise field scrolling diagonally.
 fn textured(p: &vpu_session_params, n: usize) -> Vec<u8> {
     let mut f = pattern(p, n);
