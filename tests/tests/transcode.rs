@@ -13,7 +13,7 @@ use vpu_tests::daemon::{start, BUS_NAME};
 use vpu_tests::decode::probe_frames;
 use vpu_tests::ladder::*;
 use vpud::config::Config;
-use vpud_client::annexb::access_units;
+use vpud_client::annexb::{access_units, nal_type, nal_units, NAL_PPS, NAL_SPS};
 use vpud_client::{Client, ClientError, SessionParams};
 use zbus::{OwnedVariant, Variant};
 
@@ -224,6 +224,70 @@ async fn a_card_fault_with_idrs_in_flight_loses_no_frame() {
     let card = t.proxy().card().await.unwrap();
     let conn = client.connection().clone();
     let packets = run(&mut t, &units, Some(14), || async move {
+        let opts: HashMap<String, OwnedVariant> = HashMap::new();
+        conn.call_method(
+            Some(BUS_NAME),
+            card.as_str(),
+            Some("org.vpud.Vpud1.Emulator"),
+            "InjectFault",
+            &("fatal-status", opts),
+        )
+        .await
+        .unwrap();
+    })
+    .await
+    .unwrap();
+    check_packets(&packets, ladder.len(), u64::from(frames)).unwrap();
+    let files = write_renditions(dir.path(), &packets, ladder.len()).unwrap();
+    for file in &files {
+        let probed = probe_frames(file).unwrap();
+        assert_eq!(probed.len(), frames as usize, "{}", file.display());
+    }
+    let migrated = vpud
+        .daemon()
+        .metrics
+        .sessions_migrated
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(migrated >= 1, "the ladder did not move");
+}
+
+/// The same with the input's parameter sets (SPS, PPS) only in its first access unit, as
+/// some live sources send them: the IDR the ladder restarts from on the new card has none
+/// of its own, and the daemon puts the last ones seen in front of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_fault_moves_a_stream_that_sent_its_parameter_sets_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let frames = 36u32;
+    let input = testsrc2(dir.path(), 640, 360, frames, 6).unwrap();
+    let stream = std::fs::read(&input).unwrap();
+    let units: Vec<Vec<u8>> = access_units(&stream)
+        .iter()
+        .enumerate()
+        .map(|(i, unit)| {
+            let mut out = Vec::new();
+            for nal in nal_units(unit) {
+                if i == 0 || !matches!(nal_type(nal), Some(NAL_SPS | NAL_PPS)) {
+                    out.extend_from_slice(&[0, 0, 0, 1]);
+                    out.extend_from_slice(nal);
+                }
+            }
+            out
+        })
+        .collect();
+    let with_sps = units
+        .iter()
+        .filter(|u| nal_units(u).iter().any(|n| nal_type(n) == Some(NAL_SPS)))
+        .count();
+    assert_eq!(with_sps, 1, "only the first access unit has an SPS");
+    let units: Vec<&[u8]> = units.iter().map(Vec::as_slice).collect();
+    let vpud = start(2, config()).await.unwrap();
+    let client = Client::connect(Some(vpud.address())).await.unwrap();
+    let ladder = [(640, 360, 800_000), (320, 180, 300_000)];
+    let mut t = client.create_transcode(&params(&ladder, 6)).await.unwrap();
+    let card = t.proxy().card().await.unwrap();
+    let conn = client.connection().clone();
+    // Well past the first IDRs: the ladder restarts from one with no SPS of its own.
+    let packets = run(&mut t, &units, Some(28), || async move {
         let opts: HashMap<String, OwnedVariant> = HashMap::new();
         conn.call_method(
             Some(BUS_NAME),

@@ -9,9 +9,17 @@
 //! was decoded, so a segment is dropped only once every picture before the next
 //! segment's first one has been sent. A segment that outgrew [`MAX_HISTORY`] lost its
 //! units: until it is dropped, the ladder cannot move.
+//!
+//! A new card's decoder needs the stream's parameter sets (SPS, PPS) before the IDR it
+//! starts from. Sources that send them only once (or only when they change) leave later
+//! IDRs without them, so the last ones seen are kept too and put in front of an IDR unit
+//! that has none of its own when it is kept (an identical parameter set again is harmless
+//! to a decoder; the card decoding live gets the unit as the client sent it).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+
+use super::ladder::{NAL_IDR, NAL_PPS, NAL_SPS};
 
 /// Bytes of access units kept; a stream with longer stretches between IDRs cannot move
 /// (it ends with `card-failed` when its card fails).
@@ -51,6 +59,10 @@ struct Segment {
 pub(super) struct History {
     segments: VecDeque<Segment>,
     bytes: usize,
+    /// The SPS NAL units of the last access unit that had any, start codes included.
+    sps: Vec<u8>,
+    /// The same for PPS NAL units.
+    pps: Vec<u8>,
 }
 
 /// Where a moved ladder starts again.
@@ -73,13 +85,45 @@ impl History {
                 lost: false,
             }]),
             bytes: 0,
+            sps: Vec::new(),
+            pps: Vec::new(),
         }
     }
 
     /// Keeps an access unit (an IDR starts a new segment); where it is kept, unless its
     /// segment lost its units.
-    pub fn keep(&mut self, data: Vec<u8>, pts: u64, buffer_id: u32) -> Option<UnitRef> {
-        if super::ladder::has_idr(&data) {
+    pub fn keep(&mut self, mut data: Vec<u8>, pts: u64, buffer_id: u32) -> Option<UnitRef> {
+        let (mut sps, mut pps, mut idr) = (Vec::new(), Vec::new(), false);
+        for (kind, nal) in super::ladder::nal_units(&data) {
+            match kind {
+                NAL_SPS => sps.extend_from_slice(nal),
+                NAL_PPS => pps.extend_from_slice(nal),
+                NAL_IDR => idr = true,
+                _ => {}
+            }
+        }
+        if idr {
+            let missing = |own: &[u8], last: &[u8]| if own.is_empty() { last.len() } else { 0 };
+            let prefix = missing(&sps, &self.sps) + missing(&pps, &self.pps);
+            if prefix > 0 {
+                let mut with = Vec::with_capacity(prefix + data.len());
+                if sps.is_empty() {
+                    with.extend_from_slice(&self.sps);
+                }
+                if pps.is_empty() {
+                    with.extend_from_slice(&self.pps);
+                }
+                with.extend_from_slice(&data);
+                data = with;
+            }
+        }
+        if !sps.is_empty() {
+            self.sps = sps;
+        }
+        if !pps.is_empty() {
+            self.pps = pps;
+        }
+        if idr {
             let number = self.segments.back().map_or(0, |s| s.number + 1);
             self.segments.push_back(Segment {
                 number,
@@ -186,6 +230,25 @@ mod tests {
 
     const IDR: &[u8] = &[0, 0, 0, 1, 0x65, 0x88];
     const P: &[u8] = &[0, 0, 0, 1, 0x41, 0x9a];
+
+    #[test]
+    fn an_idr_without_parameter_sets_is_kept_with_the_last_ones() {
+        const SPS_PPS_IDR: &[u8] = &[
+            0, 0, 0, 1, 0x67, 0x42, 0, 0, 1, 0x68, 0xce, 0, 0, 1, 0x65, 0x88,
+        ];
+        let mut h = History::new();
+        h.keep(SPS_PPS_IDR.to_vec(), 0, 0).unwrap();
+        h.keep(P.to_vec(), 1, 0).unwrap();
+        let bare = h.keep(IDR.to_vec(), 2, 0).unwrap();
+        let kept = h.get(bare).unwrap();
+        assert_eq!(&kept.data[..11], &SPS_PPS_IDR[..11], "SPS and PPS in front");
+        assert_eq!(&kept.data[11..], IDR);
+        // A unit with its own parameter sets, and a P unit, are kept as they came.
+        let own = h.keep(SPS_PPS_IDR.to_vec(), 3, 0).unwrap();
+        assert_eq!(&*h.get(own).unwrap().data, SPS_PPS_IDR);
+        let p = h.keep(P.to_vec(), 4, 0).unwrap();
+        assert_eq!(&*h.get(p).unwrap().data, P);
+    }
 
     #[test]
     fn units_before_an_idr_stay_until_their_pictures_are_sent() {

@@ -251,11 +251,46 @@ async fn rendition(
     Ok(packet)
 }
 
+/// NAL unit type of an IDR slice.
+pub(super) const NAL_IDR: u8 = 5;
+/// NAL unit type of a sequence parameter set.
+pub(super) const NAL_SPS: u8 = 7;
+/// NAL unit type of a picture parameter set.
+pub(super) const NAL_PPS: u8 = 8;
+
 /// Whether an Annex-B access unit holds an IDR slice (a point the decoder can start
 /// from). Only start codes and NAL headers are looked at.
 pub(super) fn has_idr(unit: &[u8]) -> bool {
-    unit.windows(4)
-        .any(|w| w[0] == 0 && w[1] == 0 && w[2] == 1 && w[3] & 0x1f == 5)
+    nal_units(unit).any(|(kind, _)| kind == NAL_IDR)
+}
+
+/// The NAL units of an Annex-B buffer: each one's type and its bytes, from its start code
+/// (3 or 4 bytes, as written) to the next one. Bytes before the first start code are
+/// skipped.
+pub(super) fn nal_units(unit: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    // Offsets of every 3-byte start code (0 0 1); a zero byte before one belongs to it.
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + 3 <= unit.len() {
+        if unit[i] == 0 && unit[i + 1] == 0 && unit[i + 2] == 1 {
+            starts.push(if i > 0 && unit[i - 1] == 0 { i - 1 } else { i });
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let ends: Vec<usize> = starts.iter().skip(1).copied().chain([unit.len()]).collect();
+    starts
+        .into_iter()
+        .zip(ends)
+        .filter_map(move |(start, end)| {
+            let nal = &unit[start..end];
+            let header = nal
+                .iter()
+                .position(|&b| b == 1)
+                .and_then(|p| nal.get(p + 1))?;
+            Some((header & 0x1f, nal))
+        })
 }
 
 #[cfg(test)]
@@ -268,5 +303,22 @@ mod tests {
         assert!(has_idr(&[0, 0, 1, 0x25]));
         assert!(!has_idr(&[0, 0, 0, 1, 0x41, 0x9a, 0, 0, 1, 0x06]));
         assert!(!has_idr(&[0x65, 0x65]));
+    }
+
+    #[test]
+    fn nal_units_keep_their_start_codes() {
+        let unit = [
+            0x09, 0, 0, 0, 1, 0x67, 0xaa, 0, 0, 1, 0x68, 0xbb, 0, 0, 0, 1, 0x65, 0x88,
+        ];
+        let nals: Vec<(u8, &[u8])> = nal_units(&unit).collect();
+        assert_eq!(
+            nals,
+            [
+                (NAL_SPS, &unit[1..7]),
+                (NAL_PPS, &unit[7..12]),
+                (NAL_IDR, &unit[12..]),
+            ]
+        );
+        assert_eq!(nal_units(&[0, 0, 1]).count(), 0);
     }
 }
