@@ -258,12 +258,6 @@ pub(super) const NAL_SPS: u8 = 7;
 /// NAL unit type of a picture parameter set.
 pub(super) const NAL_PPS: u8 = 8;
 
-/// Whether an Annex-B access unit holds an IDR slice (a point the decoder can start
-/// from). Only start codes and NAL headers are looked at.
-pub(super) fn has_idr(unit: &[u8]) -> bool {
-    nal_units(unit).any(|(kind, _)| kind == NAL_IDR)
-}
-
 /// The NAL units of an Annex-B buffer: each one's type and its bytes, from its start code
 /// (3 or 4 bytes, as written) to the next one. Bytes before the first start code are
 /// skipped.
@@ -299,10 +293,14 @@ mod tests {
 
     #[test]
     fn idr_slices_are_found_behind_either_start_code() {
-        assert!(has_idr(&[0, 0, 0, 1, 0x67, 0, 0, 1, 0x65, 0x88]));
-        assert!(has_idr(&[0, 0, 1, 0x25]));
-        assert!(!has_idr(&[0, 0, 0, 1, 0x41, 0x9a, 0, 0, 1, 0x06]));
-        assert!(!has_idr(&[0x65, 0x65]));
+        let kinds = |unit: &[u8]| nal_units(unit).map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(
+            kinds(&[0, 0, 0, 1, 0x67, 0, 0, 1, 0x65, 0x88]),
+            [NAL_SPS, NAL_IDR]
+        );
+        assert_eq!(kinds(&[0, 0, 1, 0x25]), [NAL_IDR]);
+        assert_eq!(kinds(&[0, 0, 0, 1, 0x41, 0x9a, 0, 0, 1, 0x06]), [1, 6]);
+        assert!(kinds(&[0x65, 0x65]).is_empty());
     }
 
     #[test]
