@@ -5,7 +5,8 @@
 //! encoder; every temporal unit that comes out completes the oldest held command. A
 //! unit larger than its command's output buffer completes the command with
 //! OUTPUT_TOO_SMALL and is kept for the retry (the same frame, recognised by its
-//! timestamp), which then completes at once without coding the frame again. When the
+//! timestamp), which then completes at once without coding the frame again; frames
+//! submitted behind it meanwhile are coded as usual (up to [`KEPT_MAX`] units are kept). When the
 //! encoder fails, every held command completes with ENGINE_FAULT: their frames were in
 //! the failed sequence, and the host resubmits them (after a keyframe).
 //!
@@ -38,11 +39,15 @@ pub(super) struct HeldCmd {
     aborted: bool,
 }
 
-/// The held commands of a session, oldest first, and a unit kept for a retry.
+/// How many temporal units a session keeps for retries at once; the oldest is given up
+/// beyond that.
+const KEPT_MAX: usize = 8;
+
+/// The held commands of a session, oldest first, and the units kept for retries, by pts.
 #[derive(Default)]
 pub(super) struct Held {
     pub cmds: VecDeque<HeldCmd>,
-    stash: Option<(u64, TemporalUnit)>,
+    kept: VecDeque<(u64, TemporalUnit)>,
 }
 
 impl Held {
@@ -72,7 +77,11 @@ fn finish(
             buffer = cmd.output.len,
             "temporal unit larger than the output buffer; kept for the retry"
         );
-        lock(&session.held).stash = Some((cmd.pts, unit));
+        let mut held = lock(&session.held);
+        if held.kept.len() >= KEPT_MAX {
+            held.kept.pop_front();
+        }
+        held.kept.push_back((cmd.pts, unit));
         Err(Status::vendor(VPU_SC_OUTPUT_TOO_SMALL))
     } else {
         write(shared, &cmd, &unit)
@@ -169,20 +178,18 @@ pub(super) fn encode(
     let mut posts = Vec::new();
     {
         let mut held = lock(&session.held);
-        if let Some((pts, unit)) = held.stash.take() {
-            if pts == job.pts {
-                drop(held);
-                let cmd = HeldCmd {
-                    origin,
-                    output: job.output.clone(),
-                    pts,
-                    since: Instant::now(),
-                    aborted: false,
-                };
-                finish(shared, engine, session, cmd, unit, &mut posts);
-                return posts;
-            }
-            // Not the retry: the host gave that frame up.
+        let retry = held.kept.iter().position(|(pts, _)| *pts == job.pts);
+        if let Some((pts, unit)) = retry.and_then(|i| held.kept.remove(i)) {
+            drop(held);
+            let cmd = HeldCmd {
+                origin,
+                output: job.output.clone(),
+                pts,
+                since: Instant::now(),
+                aborted: false,
+            };
+            finish(shared, engine, session, cmd, unit, &mut posts);
+            return posts;
         }
         held.cmds.push_back(HeldCmd {
             origin,
@@ -239,7 +246,7 @@ pub(super) fn abort_held(session: &Session, mut pred: impl FnMut(&Origin) -> boo
 /// Takes every held command of a destroyed session.
 pub(super) fn take_all(session: &Session) -> Vec<Origin> {
     let mut held = lock(&session.held);
-    held.stash = None;
+    held.kept.clear();
     held.cmds
         .drain(..)
         .filter(|c| !c.aborted)

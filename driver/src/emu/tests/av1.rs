@@ -288,6 +288,44 @@ fn held_frames_drain_when_idle_and_retry_small_buffers() {
     );
 }
 
+/// Two frames in a row too large for their buffers, with more frames behind them: both
+/// units are kept, and each retry gets its own at once (the keyframe, then the frame
+/// coded against it).
+#[test]
+fn every_unit_too_large_is_kept_for_its_own_retry() {
+    let mut host = Host::new(mixed());
+    let p = av1_params(64, 48);
+    let session = host.create_session(&p);
+    let mut s = Stream::new(&mut host, &p, 6);
+    let small = [
+        s.submit(&host, session, 0, 8, 0),
+        s.submit(&host, session, 1, 8, 0),
+    ];
+    for i in 2..6 {
+        s.submit(&host, session, i, 256 * 1024, 0);
+    }
+    let mut done = std::collections::HashMap::new();
+    for _ in 0..6 {
+        let cqe = s.q.wait(&host.io, TIMEOUT).expect("completion");
+        done.insert(cqe.cid, status(&cqe));
+    }
+    for cid in small {
+        assert_eq!(done[&cid], (VPU_SCT_VENDOR, VPU_SC_OUTPUT_TOO_SMALL));
+    }
+    s.submit(&host, session, 0, 256 * 1024, 0);
+    let first = s.q.wait(&host.io, TIMEOUT).expect("retry of frame 0");
+    assert_eq!(status(&first), OK);
+    assert_ne!(first.dw1 & VPU_ENCODED_KEYFRAME, 0);
+    s.submit(&host, session, 1, 256 * 1024, 0);
+    let second = s.q.wait(&host.io, TIMEOUT).expect("retry of frame 1");
+    assert_eq!(status(&second), OK);
+    assert_eq!(
+        second.dw1 & VPU_ENCODED_KEYFRAME,
+        0,
+        "frame 1 as coded after frame 0, not coded again"
+    );
+}
+
 /// Bytes of `n` frames of an AV1 session with `p`, all submitted, then a Flush; every
 /// command completes OK and the first frame is a keyframe.
 fn encode_bytes(p: &vpu_session_params, n: usize) -> u64 {
