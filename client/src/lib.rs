@@ -32,6 +32,6 @@ pub use manager::{CardInfo, Client, FaultOptions, ManagerInfo, SessionInfo};
 pub use params::{reservation_from_env, SessionParams, RESERVATION_ENV};
 pub use pool::FramePool;
 pub use session::Session;
-pub use split::{ChannelEvent, FrameSender, PacketReceiver, SenderSlot};
+pub use split::{ChannelEvent, ChannelMonitor, FrameSender, PacketReceiver, SenderSlot};
 pub use transcode::{RenditionPacket, Transcode, TranscodeCounters};
 pub use transcode_params::{RenditionParams, TranscodeInput, TranscodeParams};

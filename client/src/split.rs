@@ -64,6 +64,8 @@ struct Flight {
     registered: HashMap<u32, u64>,
     /// Why the channel ended, once it has.
     ended: Option<String>,
+    /// End of stream was sent and its acknowledgement is owed.
+    eos_owed: bool,
 }
 
 #[derive(Debug)]
@@ -111,6 +113,7 @@ pub(crate) fn split(p: Parts) -> (FrameSender, PacketReceiver) {
             free: p.free,
             registered: HashMap::new(),
             ended: None,
+            eos_owed: p.eos_sent && !p.eos_acked,
         }),
         changed: Notify::new(),
     });
@@ -273,6 +276,7 @@ impl FrameSender {
             .await
             .map_err(|e| io_error(&self.name, "end-of-stream", e))?;
         self.eos_sent = true;
+        self.shared.lock().eos_owed = true;
         Ok(())
     }
 
@@ -397,6 +401,37 @@ pub enum ChannelEvent {
     EndOfStream { frames_in: u64, frames_out: u64 },
 }
 
+/// Watches a split data channel: what the daemon still owes it, and a way to give it up
+/// (see [`PacketReceiver::monitor`]).
+#[derive(Debug, Clone)]
+pub struct ChannelMonitor {
+    shared: Arc<Shared>,
+}
+
+impl ChannelMonitor {
+    /// Whether the daemon owes the channel something: a `FRAME_DONE` for a frame sent, or
+    /// the end of stream after [`FrameSender::finish`]. A caller that sees nothing
+    /// arrive for long while something is owed may judge the daemon hung and
+    /// [`abandon`](ChannelMonitor::abandon) the channel.
+    pub fn owed(&self) -> bool {
+        let f = self.shared.lock();
+        f.ended.is_none() && (!f.in_flight.is_empty() || f.eos_owed)
+    }
+
+    /// Frames sent whose `FRAME_DONE` has not arrived yet.
+    pub fn frames_in_flight(&self) -> usize {
+        self.shared.lock().in_flight.len()
+    }
+
+    /// Gives the channel up for both halves: the sender's waits (and later calls) fail
+    /// with [`ClientError::ChannelEnded`] carrying `reason`. For a caller that stopped
+    /// waiting for the daemon; the channel closes when both halves are dropped, which ends
+    /// the session in the daemon.
+    pub fn abandon(&self, reason: impl Into<String>) {
+        self.shared.end(reason.into());
+    }
+}
+
 /// The receiving half of a split data channel.
 #[derive(Debug)]
 pub struct PacketReceiver {
@@ -415,6 +450,14 @@ impl PacketReceiver {
     /// Packets, bytes and keyframes received so far (`frames_sent` is the sender's).
     pub fn counters(&self) -> SessionCounters {
         self.counters
+    }
+
+    /// A handle that watches this channel from another task or thread while
+    /// [`next_event`](PacketReceiver::next_event) waits.
+    pub fn monitor(&self) -> ChannelMonitor {
+        ChannelMonitor {
+            shared: self.shared.clone(),
+        }
     }
 
     /// The next event, waiting for it. After [`ChannelEvent::EndOfStream`], or after an
@@ -480,6 +523,7 @@ impl PacketReceiver {
                     frames_out,
                 } => {
                     self.eos_acked = true;
+                    self.shared.lock().eos_owed = false;
                     self.shared.end("end of stream".into());
                     return Ok(ChannelEvent::EndOfStream {
                         frames_in,

@@ -1,6 +1,6 @@
 //! `vpuh264enc` when vpud fails it: the daemon killed mid-stream ends the pipeline with an
-//! error within 2 s; a card without capacity fails the state change with a readable
-//! message; no daemon on the bus fails it at once.
+//! error within 2 s, a hung one after the element's `timeout`; a card without capacity
+//! fails the state change with a readable message; no daemon on the bus fails it at once.
 
 #![allow(clippy::unwrap_used)]
 
@@ -83,6 +83,59 @@ fn vpud_killed_mid_stream_ends_the_pipeline_with_an_error_within_2_s() {
         "the error took {took:?}: {error}"
     );
     assert!(error.contains("vpud stopped encoding"), "{error}");
+}
+
+/// Sends `signal` (`STOP`, `CONT`, `KILL`) to `child`.
+fn signal(child: &Child, signal: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} {}", child.id());
+}
+
+#[test]
+fn a_hung_vpud_ends_the_pipeline_with_an_error_after_the_timeout() {
+    init();
+    let bus = PrivateBus::start().unwrap();
+    let mut vpud = spawn_vpud(bus.address());
+    let p = pipeline(&format!(
+        "videotestsrc is-live=true ! video/x-raw,width=640,height=360,framerate=30/1 \
+         ! vpuh264enc bus-address={} timeout=1000 ! fakesink name=sink",
+        bus.address()
+    ));
+    let out = Arc::new(AtomicU64::new(0));
+    let o = out.clone();
+    p.by_name("sink")
+        .unwrap()
+        .static_pad("sink")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            o.fetch_add(1, Ordering::Relaxed);
+            gst::PadProbeReturn::Ok
+        });
+    p.set_state(gst::State::Playing).unwrap();
+    wait_until("30 encoded frames", Duration::from_secs(60), || {
+        out.load(Ordering::Relaxed) >= 30
+    });
+    // Stopped, not killed: its sockets stay open and nothing ever comes back.
+    signal(&vpud, "STOP");
+    let hung = Instant::now();
+    let error = next_error(&p, Duration::from_secs(10));
+    let took = hung.elapsed();
+    // The pipeline stops even though vpud still holds the channel open.
+    let stopped = p.set_state(gst::State::Null);
+    signal(&vpud, "KILL");
+    vpud.wait().unwrap();
+    let error = error.expect("no error while vpud was stopped");
+    stopped.unwrap();
+    assert!(error.contains("did not answer for 1000 ms"), "{error}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "the error took {took:?}: {error}"
+    );
 }
 
 #[test]

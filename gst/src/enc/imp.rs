@@ -148,7 +148,8 @@ impl VpuH264Enc {
             fps.0,
             fps.1
         );
-        let mut active = Active::open(&rt, client, &params, &self.obj(), input.clone())
+        let timeout = std::time::Duration::from_millis(u64::from(settings.timeout_ms));
+        let mut active = Active::open(&rt, client, &params, &self.obj(), input.clone(), timeout)
             .map_err(|e| session_error(&e, &described))?;
         let window = usize::from(active.sender.hello().window);
         if layout.matches(info) {

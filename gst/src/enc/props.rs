@@ -9,6 +9,10 @@ use vpud_client::SessionParams;
 pub const DEFAULT_BITRATE: u32 = 2048;
 /// Default quantiser for constant-QP (`x264enc`'s `quantizer`).
 pub const DEFAULT_QP: u32 = 21;
+/// Default time, ms, vpud may go without answering while frames are in flight before
+/// the element gives up on it: longer than a card reset and a session's move to
+/// another card, which the element rides out.
+pub const DEFAULT_TIMEOUT_MS: u32 = 20_000;
 
 /// How the card controls the bit rate (the session's `rate_control`).
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
@@ -50,6 +54,9 @@ pub struct Settings {
     pub card: String,
     /// D-Bus address of vpud's bus; empty for `VPUD_BUS_ADDRESS`, else the system bus.
     pub bus_address: String,
+    /// How long, ms, vpud may leave frames in flight (or the end of stream) unanswered;
+    /// 0 waits for ever.
+    pub timeout_ms: u32,
 }
 
 impl Default for Settings {
@@ -61,6 +68,7 @@ impl Default for Settings {
             gop_size: 0,
             card: String::new(),
             bus_address: String::new(),
+            timeout_ms: DEFAULT_TIMEOUT_MS,
         }
     }
 }
@@ -136,6 +144,14 @@ pub fn specs() -> Vec<glib::ParamSpec> {
             .blurb("D-Bus address of vpud's bus (empty: VPUD_BUS_ADDRESS, else the system bus)")
             .mutable_ready()
             .build(),
+        glib::ParamSpecUInt::builder("timeout")
+            .nick("Timeout")
+            .blurb(
+                "Milliseconds vpud may leave frames unanswered before the element gives up with an error (0: wait for ever)",
+            )
+            .default_value(d.timeout_ms)
+            .mutable_ready()
+            .build(),
         glib::ParamSpecUInt64::builder("frames-copied")
             .nick("Frames copied")
             .blurb(
@@ -163,6 +179,7 @@ pub fn set(settings: &mut Settings, value: &glib::Value, pspec: &glib::ParamSpec
         "rate-control" => settings.rate_control = value.get().unwrap_or_default(),
         "qp" => settings.qp = value.get().unwrap_or(settings.qp),
         "gop-size" => settings.gop_size = value.get().unwrap_or(settings.gop_size),
+        "timeout" => settings.timeout_ms = value.get().unwrap_or(settings.timeout_ms),
         "card" => {
             settings.card = value
                 .get::<Option<String>>()
@@ -189,6 +206,7 @@ pub fn get(settings: &Settings, pspec: &glib::ParamSpec) -> Option<glib::Value> 
         "rate-control" => settings.rate_control.to_value(),
         "qp" => settings.qp.to_value(),
         "gop-size" => settings.gop_size.to_value(),
+        "timeout" => settings.timeout_ms.to_value(),
         "card" => settings.card.to_value(),
         "bus-address" => settings.bus_address.to_value(),
         _ => return None,

@@ -2,15 +2,23 @@
 //! the streaming thread, and the output thread, which owns the receiving half and pushes
 //! each packet downstream as it arrives. Several frames are in flight to the card at once
 //! (the session's window); the streaming thread only waits when the window is full.
+//!
+//! A daemon that stops answering (hung, not gone: its channel stays open) is given up
+//! after the `timeout` property: when frames in flight, or the end of stream, go
+//! unanswered that long, the output thread posts an error and abandons the channel,
+//! which also wakes a streaming thread waiting for room in the window.
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use gst_video::prelude::*;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use vpud_client::proxy::SessionProxy;
-use vpud_client::{ChannelEvent, Client, ClientError, FrameSender, PacketReceiver, SessionParams};
+use vpud_client::{
+    ChannelEvent, ChannelMonitor, Client, ClientError, FrameSender, PacketReceiver, SessionParams,
+};
 use zbus::OwnedObjectPath;
 
 use super::caps::profile_level;
@@ -58,17 +66,20 @@ pub struct Active {
 
 impl Active {
     /// Opens a session with `params` and starts its output thread, which pushes packets
-    /// through `element`; `input` is the input state output caps are derived from.
+    /// through `element`; `input` is the input state output caps are derived from;
+    /// `timeout` (zero: none) is how long the daemon may leave what it owes unanswered.
     pub fn open(
         rt: &Handle,
         client: &Client,
         params: &SessionParams,
         element: &VpuH264Enc,
         input: gst_video::VideoCodecState<'static, gst_video::video_codec_state::Readable>,
+        timeout: Duration,
     ) -> Result<Active, ClientError> {
         let session = rt.block_on(client.create_session(params))?;
         let (path, proxy, channel) = session.into_parts();
         let (sender, receiver) = channel.split();
+        let monitor = receiver.monitor();
         let output = Arc::new(Output::default());
         let (cancel, cancelled) = watch::channel(false);
         let ctx = OutputThread {
@@ -80,6 +91,8 @@ impl Active {
             input,
             caps_set: false,
             path: path.to_string(),
+            timeout,
+            monitor,
         };
         let thread = std::thread::Builder::new()
             .name("vpuh264enc-out".into())
@@ -153,6 +166,9 @@ struct OutputThread {
     /// Whether output caps were set from this session's stream.
     caps_set: bool,
     path: String,
+    /// How long the daemon may owe an answer (zero: for ever).
+    timeout: Duration,
+    monitor: ChannelMonitor,
 }
 
 impl OutputThread {
@@ -160,17 +176,52 @@ impl OutputThread {
         loop {
             let receiver = &mut self.receiver;
             let cancelled = &mut self.cancelled;
+            let (monitor, timeout) = (&self.monitor, self.timeout);
+            // Checked every tenth of the timeout: time with something owed and no
+            // event adds up to the timeout, and then the daemon is taken for hung.
+            let tick = (timeout / 10).max(Duration::from_millis(10));
             let event = self.rt.block_on(async {
-                tokio::select! {
-                    biased;
-                    _ = cancelled.wait_for(|c| *c) => None,
-                    ev = receiver.next_event() => Some(ev),
+                let next = receiver.next_event();
+                tokio::pin!(next);
+                let mut quiet = Duration::ZERO;
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = cancelled.wait_for(|c| *c) => return None,
+                        ev = &mut next => return Some(Some(ev)),
+                        _ = tokio::time::sleep(tick), if !timeout.is_zero() => {
+                            if !monitor.owed() {
+                                quiet = Duration::ZERO;
+                            } else {
+                                quiet += tick;
+                                if quiet >= timeout {
+                                    return Some(None);
+                                }
+                            }
+                        }
+                    }
                 }
             });
             match event {
                 None => return,
-                Some(Ok(ChannelEvent::FrameDone { .. })) => {}
-                Some(Ok(ChannelEvent::Packet(p))) => {
+                Some(None) => {
+                    let in_flight = self.monitor.frames_in_flight();
+                    let why = format!(
+                        "vpud did not answer for {} ms ({in_flight} frames in flight)",
+                        self.timeout.as_millis()
+                    );
+                    self.monitor.abandon(why.clone());
+                    gst::element_error!(
+                        self.element,
+                        gst::ResourceError::Failed,
+                        ("vpud stopped encoding: {}", why),
+                        ["session {}", self.path]
+                    );
+                    self.output.fail(gst::FlowError::Error);
+                    return;
+                }
+                Some(Some(Ok(ChannelEvent::FrameDone { .. }))) => {}
+                Some(Some(Ok(ChannelEvent::Packet(p)))) => {
                     if let Err(e) = self.push(p) {
                         gst::debug!(
                             gst::CAT_DEFAULT,
@@ -180,10 +231,10 @@ impl OutputThread {
                         self.output.fail(e);
                     }
                 }
-                Some(Ok(ChannelEvent::EndOfStream {
+                Some(Some(Ok(ChannelEvent::EndOfStream {
                     frames_in,
                     frames_out,
-                })) => {
+                }))) => {
                     gst::debug!(
                         gst::CAT_DEFAULT,
                         obj = &self.element,
@@ -192,7 +243,7 @@ impl OutputThread {
                     );
                     return;
                 }
-                Some(Err(e)) => {
+                Some(Some(Err(e))) => {
                     if *self.cancelled.borrow() {
                         return;
                     }
