@@ -35,6 +35,30 @@ fn spawn_vpud(bus: &str) -> Child {
     child
 }
 
+/// A live 640x360 source into `vpuh264enc` (on `bus`, with `properties`), playing and
+/// past its 30th encoded frame.
+fn playing_live(bus: &str, properties: &str) -> gst::Pipeline {
+    let p = pipeline(&format!(
+        "videotestsrc is-live=true ! video/x-raw,width=640,height=360,framerate=30/1 \
+         ! vpuh264enc bus-address={bus} {properties} ! fakesink name=sink"
+    ));
+    let out = Arc::new(AtomicU64::new(0));
+    let o = out.clone();
+    p.by_name("sink")
+        .unwrap()
+        .static_pad("sink")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            o.fetch_add(1, Ordering::Relaxed);
+            gst::PadProbeReturn::Ok
+        });
+    p.set_state(gst::State::Playing).unwrap();
+    wait_until("30 encoded frames", Duration::from_secs(60), || {
+        out.load(Ordering::Relaxed) >= 30
+    });
+    p
+}
+
 /// The first error message on the bus within `within`.
 fn next_error(p: &gst::Pipeline, within: Duration) -> Option<String> {
     let msg = p.bus().unwrap().timed_pop_filtered(
@@ -53,25 +77,7 @@ fn vpud_killed_mid_stream_ends_the_pipeline_with_an_error_within_2_s() {
     let bus = PrivateBus::start().unwrap();
     let mut vpud = spawn_vpud(bus.address());
     // A live source: without the error the pipeline would run for ever.
-    let p = pipeline(&format!(
-        "videotestsrc is-live=true ! video/x-raw,width=640,height=360,framerate=30/1 \
-         ! vpuh264enc bus-address={} ! fakesink name=sink",
-        bus.address()
-    ));
-    let out = Arc::new(AtomicU64::new(0));
-    let o = out.clone();
-    p.by_name("sink")
-        .unwrap()
-        .static_pad("sink")
-        .unwrap()
-        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            o.fetch_add(1, Ordering::Relaxed);
-            gst::PadProbeReturn::Ok
-        });
-    p.set_state(gst::State::Playing).unwrap();
-    wait_until("30 encoded frames", Duration::from_secs(60), || {
-        out.load(Ordering::Relaxed) >= 30
-    });
+    let p = playing_live(bus.address(), "");
     vpud.kill().unwrap();
     let killed = Instant::now();
     vpud.wait().unwrap();
@@ -101,25 +107,7 @@ fn a_hung_vpud_ends_the_pipeline_with_an_error_after_the_timeout() {
     init();
     let bus = PrivateBus::start().unwrap();
     let mut vpud = spawn_vpud(bus.address());
-    let p = pipeline(&format!(
-        "videotestsrc is-live=true ! video/x-raw,width=640,height=360,framerate=30/1 \
-         ! vpuh264enc bus-address={} timeout=1000 ! fakesink name=sink",
-        bus.address()
-    ));
-    let out = Arc::new(AtomicU64::new(0));
-    let o = out.clone();
-    p.by_name("sink")
-        .unwrap()
-        .static_pad("sink")
-        .unwrap()
-        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            o.fetch_add(1, Ordering::Relaxed);
-            gst::PadProbeReturn::Ok
-        });
-    p.set_state(gst::State::Playing).unwrap();
-    wait_until("30 encoded frames", Duration::from_secs(60), || {
-        out.load(Ordering::Relaxed) >= 30
-    });
+    let p = playing_live(bus.address(), "timeout=1000");
     // Stopped, not killed: its sockets stay open and nothing ever comes back.
     signal(&vpud, "STOP");
     let hung = Instant::now();

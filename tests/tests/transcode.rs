@@ -155,6 +155,56 @@ async fn corrupt_and_truncated_input_fail_typed_and_alone() {
     check_packets(&ok, ladder.len(), units.len() as u64).unwrap();
 }
 
+/// Injects a `fatal-status` fault on `card` through the emulator's D-Bus interface.
+async fn inject_fatal(conn: zbus::Connection, card: zbus::OwnedObjectPath) {
+    let opts: HashMap<String, OwnedVariant> = HashMap::new();
+    conn.call_method(
+        Some(BUS_NAME),
+        card.as_str(),
+        Some("org.vpud.Vpud1.Emulator"),
+        "InjectFault",
+        &("fatal-status", opts),
+    )
+    .await
+    .unwrap();
+}
+
+/// A 640x360 and 320x180 ladder with a GOP of `gop` over `units` (`frames` pictures) on
+/// two emulated cards, its card failing before unit `inject_at`: the ladder moves, and
+/// every rendition has every picture once, in order, and decodes to `frames` pictures.
+async fn ladder_survives_a_fault(
+    dir: &std::path::Path,
+    units: &[&[u8]],
+    frames: u32,
+    gop: u32,
+    inject_at: usize,
+) {
+    let vpud = start(2, config()).await.unwrap();
+    let client = Client::connect(Some(vpud.address())).await.unwrap();
+    let ladder = [(640, 360, 800_000), (320, 180, 300_000)];
+    let mut t = client
+        .create_transcode(&params(&ladder, gop))
+        .await
+        .unwrap();
+    let card = t.proxy().card().await.unwrap();
+    let conn = client.connection().clone();
+    let packets = run(&mut t, units, Some(inject_at), || inject_fatal(conn, card))
+        .await
+        .unwrap();
+    check_packets(&packets, ladder.len(), u64::from(frames)).unwrap();
+    let files = write_renditions(dir, &packets, ladder.len()).unwrap();
+    for file in &files {
+        let probed = probe_frames(file).unwrap();
+        assert_eq!(probed.len(), frames as usize, "{}", file.display());
+    }
+    let migrated = vpud
+        .daemon()
+        .metrics
+        .sessions_migrated
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(migrated >= 1, "the ladder did not move");
+}
+
 /// A fatal controller status injected into the ladder's card mid-stream: the whole
 /// ladder moves to the other card and every rendition still has every picture once, in
 /// order, decodable by ffmpeg, with keyframes aligned.
@@ -175,20 +225,9 @@ async fn a_card_fault_mid_ladder_loses_no_frame() {
     let mut t = client.create_transcode(&params(&ladder, 20)).await.unwrap();
     let card = t.proxy().card().await.unwrap();
     let conn = client.connection().clone();
-    let packets = run(&mut t, &units, Some(22), || async move {
-        let opts: HashMap<String, OwnedVariant> = HashMap::new();
-        conn.call_method(
-            Some(BUS_NAME),
-            card.as_str(),
-            Some("org.vpud.Vpud1.Emulator"),
-            "InjectFault",
-            &("fatal-status", opts),
-        )
+    let packets = run(&mut t, &units, Some(22), || inject_fatal(conn, card))
         .await
         .unwrap();
-    })
-    .await
-    .unwrap();
     let moved_to = t.proxy().card().await;
     check_packets(&packets, ladder.len(), u64::from(frames)).unwrap();
     let files = write_renditions(dir.path(), &packets, ladder.len()).unwrap();
@@ -217,38 +256,7 @@ async fn a_card_fault_with_idrs_in_flight_loses_no_frame() {
     let input = testsrc2(dir.path(), 640, 360, frames, 3).unwrap();
     let stream = std::fs::read(&input).unwrap();
     let units = access_units(&stream);
-    let vpud = start(2, config()).await.unwrap();
-    let client = Client::connect(Some(vpud.address())).await.unwrap();
-    let ladder = [(640, 360, 800_000), (320, 180, 300_000)];
-    let mut t = client.create_transcode(&params(&ladder, 6)).await.unwrap();
-    let card = t.proxy().card().await.unwrap();
-    let conn = client.connection().clone();
-    let packets = run(&mut t, &units, Some(14), || async move {
-        let opts: HashMap<String, OwnedVariant> = HashMap::new();
-        conn.call_method(
-            Some(BUS_NAME),
-            card.as_str(),
-            Some("org.vpud.Vpud1.Emulator"),
-            "InjectFault",
-            &("fatal-status", opts),
-        )
-        .await
-        .unwrap();
-    })
-    .await
-    .unwrap();
-    check_packets(&packets, ladder.len(), u64::from(frames)).unwrap();
-    let files = write_renditions(dir.path(), &packets, ladder.len()).unwrap();
-    for file in &files {
-        let probed = probe_frames(file).unwrap();
-        assert_eq!(probed.len(), frames as usize, "{}", file.display());
-    }
-    let migrated = vpud
-        .daemon()
-        .metrics
-        .sessions_migrated
-        .load(std::sync::atomic::Ordering::Relaxed);
-    assert!(migrated >= 1, "the ladder did not move");
+    ladder_survives_a_fault(dir.path(), &units, frames, 3, 14).await;
 }
 
 /// The same with the input's parameter sets (SPS, PPS) only in its first access unit, as
@@ -280,39 +288,8 @@ async fn a_card_fault_moves_a_stream_that_sent_its_parameter_sets_once() {
         .count();
     assert_eq!(with_sps, 1, "only the first access unit has an SPS");
     let units: Vec<&[u8]> = units.iter().map(Vec::as_slice).collect();
-    let vpud = start(2, config()).await.unwrap();
-    let client = Client::connect(Some(vpud.address())).await.unwrap();
-    let ladder = [(640, 360, 800_000), (320, 180, 300_000)];
-    let mut t = client.create_transcode(&params(&ladder, 6)).await.unwrap();
-    let card = t.proxy().card().await.unwrap();
-    let conn = client.connection().clone();
     // Well past the first IDRs: the ladder restarts from one with no SPS of its own.
-    let packets = run(&mut t, &units, Some(28), || async move {
-        let opts: HashMap<String, OwnedVariant> = HashMap::new();
-        conn.call_method(
-            Some(BUS_NAME),
-            card.as_str(),
-            Some("org.vpud.Vpud1.Emulator"),
-            "InjectFault",
-            &("fatal-status", opts),
-        )
-        .await
-        .unwrap();
-    })
-    .await
-    .unwrap();
-    check_packets(&packets, ladder.len(), u64::from(frames)).unwrap();
-    let files = write_renditions(dir.path(), &packets, ladder.len()).unwrap();
-    for file in &files {
-        let probed = probe_frames(file).unwrap();
-        assert_eq!(probed.len(), frames as usize, "{}", file.display());
-    }
-    let migrated = vpud
-        .daemon()
-        .metrics
-        .sessions_migrated
-        .load(std::sync::atomic::Ordering::Relaxed);
-    assert!(migrated >= 1, "the ladder did not move");
+    ladder_survives_a_fault(dir.path(), &units, frames, 6, 28).await;
 }
 
 /// A ladder larger than any one card can take is refused with `NoCapacity`, and nothing
