@@ -155,6 +155,14 @@ async fn corrupt_and_truncated_input_fail_typed_and_alone() {
     check_packets(&ok, ladder.len(), units.len() as u64).unwrap();
 }
 
+/// Sessions the daemon has moved to another card.
+fn migrated(vpud: &vpud::service::Embedded) -> u64 {
+    vpud.daemon()
+        .metrics
+        .sessions_migrated
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Injects a `fatal-status` fault on `card` through the emulator's D-Bus interface.
 async fn inject_fatal(conn: zbus::Connection, card: zbus::OwnedObjectPath) {
     let opts: HashMap<String, OwnedVariant> = HashMap::new();
@@ -197,12 +205,7 @@ async fn ladder_survives_a_fault(
         let probed = probe_frames(file).unwrap();
         assert_eq!(probed.len(), frames as usize, "{}", file.display());
     }
-    let migrated = vpud
-        .daemon()
-        .metrics
-        .sessions_migrated
-        .load(std::sync::atomic::Ordering::Relaxed);
-    assert!(migrated >= 1, "the ladder did not move");
+    assert!(migrated(&vpud) >= 1, "the ladder did not move");
 }
 
 /// A fatal controller status injected into the ladder's card mid-stream: the whole
@@ -237,12 +240,7 @@ async fn a_card_fault_mid_ladder_loses_no_frame() {
         assert!(psnr >= 30.0, "{w}x{h} after the move: PSNR {psnr:.2} dB");
     }
     drop(moved_to);
-    let migrated = vpud
-        .daemon()
-        .metrics
-        .sessions_migrated
-        .load(std::sync::atomic::Ordering::Relaxed);
-    assert!(migrated >= 1, "the ladder did not move");
+    assert!(migrated(&vpud) >= 1, "the ladder did not move");
     let _ = Variant::from(0u32);
 }
 
