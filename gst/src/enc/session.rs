@@ -155,6 +155,15 @@ impl Drop for Active {
     }
 }
 
+/// What the output thread's wait for the daemon ended with.
+enum Wait {
+    /// The element stopped the thread.
+    Cancelled,
+    /// Something was owed and nothing came for the timeout.
+    Hung,
+    Event(Result<ChannelEvent, ClientError>),
+}
+
 /// The output thread's state.
 struct OutputThread {
     rt: Handle,
@@ -187,15 +196,15 @@ impl OutputThread {
                 loop {
                     tokio::select! {
                         biased;
-                        _ = cancelled.wait_for(|c| *c) => return None,
-                        ev = &mut next => return Some(Some(ev)),
+                        _ = cancelled.wait_for(|c| *c) => return Wait::Cancelled,
+                        ev = &mut next => return Wait::Event(ev),
                         _ = tokio::time::sleep(tick), if !timeout.is_zero() => {
                             if !monitor.owed() {
                                 quiet = Duration::ZERO;
                             } else {
                                 quiet += tick;
                                 if quiet >= timeout {
-                                    return Some(None);
+                                    return Wait::Hung;
                                 }
                             }
                         }
@@ -203,25 +212,19 @@ impl OutputThread {
                 }
             });
             match event {
-                None => return,
-                Some(None) => {
+                Wait::Cancelled => return,
+                Wait::Hung => {
                     let in_flight = self.monitor.frames_in_flight();
                     let why = format!(
                         "vpud did not answer for {} ms ({in_flight} frames in flight)",
                         self.timeout.as_millis()
                     );
                     self.monitor.abandon(why.clone());
-                    gst::element_error!(
-                        self.element,
-                        gst::ResourceError::Failed,
-                        ("vpud stopped encoding: {}", why),
-                        ["session {}", self.path]
-                    );
-                    self.output.fail(gst::FlowError::Error);
+                    self.stopped(&why);
                     return;
                 }
-                Some(Some(Ok(ChannelEvent::FrameDone { .. }))) => {}
-                Some(Some(Ok(ChannelEvent::Packet(p)))) => {
+                Wait::Event(Ok(ChannelEvent::FrameDone { .. })) => {}
+                Wait::Event(Ok(ChannelEvent::Packet(p))) => {
                     if let Err(e) = self.push(p) {
                         gst::debug!(
                             gst::CAT_DEFAULT,
@@ -231,10 +234,10 @@ impl OutputThread {
                         self.output.fail(e);
                     }
                 }
-                Some(Some(Ok(ChannelEvent::EndOfStream {
+                Wait::Event(Ok(ChannelEvent::EndOfStream {
                     frames_in,
                     frames_out,
-                }))) => {
+                })) => {
                     gst::debug!(
                         gst::CAT_DEFAULT,
                         obj = &self.element,
@@ -243,21 +246,25 @@ impl OutputThread {
                     );
                     return;
                 }
-                Some(Some(Err(e))) => {
-                    if *self.cancelled.borrow() {
-                        return;
+                Wait::Event(Err(e)) => {
+                    if !*self.cancelled.borrow() {
+                        self.stopped(&e);
                     }
-                    gst::element_error!(
-                        self.element,
-                        gst::ResourceError::Failed,
-                        ("vpud stopped encoding: {}", e),
-                        ["session {}", self.path]
-                    );
-                    self.output.fail(gst::FlowError::Error);
                     return;
                 }
             }
         }
+    }
+
+    /// Posts why the daemon stopped encoding; the streaming thread returns the error.
+    fn stopped(&self, why: &dyn std::fmt::Display) {
+        gst::element_error!(
+            self.element,
+            gst::ResourceError::Failed,
+            ("vpud stopped encoding: {}", why),
+            ["session {}", self.path]
+        );
+        self.output.fail(gst::FlowError::Error);
     }
 
     /// Finishes the frame a packet belongs to (its pts is the frame's number).
