@@ -103,16 +103,14 @@ impl History {
             }
         }
         if idr {
-            let missing = |own: &[u8], last: &[u8]| if own.is_empty() { last.len() } else { 0 };
-            let prefix = missing(&sps, &self.sps) + missing(&pps, &self.pps);
-            if prefix > 0 {
-                let mut with = Vec::with_capacity(prefix + data.len());
-                if sps.is_empty() {
-                    with.extend_from_slice(&self.sps);
-                }
-                if pps.is_empty() {
-                    with.extend_from_slice(&self.pps);
-                }
+            let mut with = Vec::new();
+            if sps.is_empty() {
+                with.extend_from_slice(&self.sps);
+            }
+            if pps.is_empty() {
+                with.extend_from_slice(&self.pps);
+            }
+            if !with.is_empty() {
                 with.extend_from_slice(&data);
                 data = with;
             }
