@@ -162,7 +162,9 @@ pub struct SchedulerConfig {
     /// Weight of the card's measured load against the modelled load, 0.0–1.0 (0: model
     /// only).
     pub measured_load_weight: f64,
-    /// How often the card's engine log is read for the measured load, in milliseconds.
+    /// How often each card is sampled, in milliseconds: its status register (a failed
+    /// controller is reset) and, while it has sessions, its engine log for the measured
+    /// load.
     pub load_sample_interval_ms: u64,
 }
 

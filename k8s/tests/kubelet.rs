@@ -622,8 +622,8 @@ async fn card_faults_and_draining_are_unhealthy_within_a_second() {
     let mut states = zbus::MessageStream::for_match_rule(rule, &conn, None)
         .await
         .unwrap();
-    // vpud notices a fatal status when it next talks to the card: a session on it (its
-    // load is sampled every 100 ms) makes sure it does.
+    // vpud reads the card's status every 100 ms; a session on the card, frames flowing,
+    // has to move when it fails.
     let (_s, channel) = {
         let mut p: HashMap<String, OwnedVariant> = HashMap::new();
         for (k, v) in [("width", 640u32), ("height", 360), ("framerate_num", 30)] {
@@ -649,7 +649,7 @@ async fn card_faults_and_draining_are_unhealthy_within_a_second() {
         let (s, fd): (OwnedObjectPath, zbus::OwnedFd) = reply.body().deserialize().unwrap();
         (s, OwnedFd::from(fd))
     };
-    // Frames flowing, so that the card's fatal status is met by an encode.
+    // Frames flowing: the card fails with commands in flight.
     let encoder = tokio::spawn(async move {
         let Ok(mut ch) = vpud_client::DataChannel::open(channel, "fault".into()).await else {
             return;

@@ -130,6 +130,11 @@ async fn fatal_status_is_reported_and_reset_brings_the_card_back() {
     let id = card.create_session(&config()).await.unwrap();
     encode_some(&card, id, 2).await;
     emu.inject(Fault::FatalStatus).unwrap();
+    // The status register tells at once, before any command meets the failed controller.
+    assert!(!card.fatal());
+    let e = card.check_status().unwrap_err();
+    assert!(matches!(e, CardError::Nvme(NvmeError::Fatal { .. })), "{e}");
+    assert!(card.fatal());
     let e = card.nop().await.unwrap_err();
     assert!(matches!(e, CardError::Nvme(NvmeError::Fatal { .. })), "{e}");
     assert!(e.is_device_fault());
@@ -137,6 +142,7 @@ async fn fatal_status_is_reported_and_reset_brings_the_card_back() {
 
     card.reset().await.unwrap();
     assert!(!card.fatal());
+    card.check_status().unwrap();
     assert_eq!(card.nvme_metrics().resets, 1);
     // Sessions do not survive a reset.
     let frame = synthetic_clip(W, H, 1).remove(0);

@@ -148,6 +148,65 @@ async fn corrupt_completions_move_the_session() {
     survives("corrupt-completion", o, "online").await;
 }
 
+/// The health monitor reads each card's status register every 100 ms; commands would
+/// take a minute to time out.
+fn monitored() -> Config {
+    let mut c = Config::default();
+    c.timeouts.command_ms = 60_000;
+    c.scheduler.load_sample_interval_ms = 100;
+    c.scheduler.measured_load_weight = 0.0;
+    c
+}
+
+/// A controller that reports a fatal status completes nothing more, so a card with no
+/// command in flight would never time one out: the health monitor finds the status in
+/// the card's registers, resets the card and puts it back in service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_cards_fatal_status_is_found_and_the_card_reset() {
+    let d = start(1, monitored()).await.unwrap();
+    let conn = connect(&d).await.unwrap();
+    let card = "/org/vpud/Vpud1/card/0";
+    inject(&conn, card, "fatal-status", HashMap::new()).await;
+    let took = eventually(Duration::from_secs(10), || async {
+        let errors: u64 = property(&conn, card, CARD, "Errors").await?;
+        let state: String = property(&conn, card, CARD, "State").await?;
+        Ok(errors > 0 && state == "online")
+    })
+    .await
+    .unwrap();
+    eprintln!("idle card reset and back after {took:?}");
+    // The card serves sessions again.
+    let (_path, fd) = create_session(&conn, &params(320, 240, 30)).await.unwrap();
+    let mut ch = Channel::open(fd).await.unwrap();
+    let packets = ch.encode(&synthetic_clip(320, 240, 5)).await.unwrap();
+    assert_eq!(packets.len(), 5);
+    assert_eq!(ch.finish().await.unwrap(), (5, 5));
+}
+
+/// A session whose frames are on a card that failed moves when the monitor finds the
+/// card's status, not a command timeout (a minute) later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_leaves_a_failed_card_before_its_commands_time_out() {
+    let d = start(2, monitored()).await.unwrap();
+    let conn = connect(&d).await.unwrap();
+    let (path, fd) = create_session(&conn, &params(320, 240, 30)).await.unwrap();
+    let card: OwnedObjectPath = property(&conn, path.as_str(), SESSION, "Card")
+        .await
+        .unwrap();
+    assert_eq!(card.as_str(), "/org/vpud/Vpud1/card/0");
+    let mut signals = session_signals(&conn, path.as_str()).await;
+    let mut ch = Channel::open(fd).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        encode_through(&conn, &mut ch, "fatal-status", HashMap::new()),
+    )
+    .await
+    .expect("the session moved before its commands timed out");
+    let (member, _) = next_signal(&mut signals).await;
+    assert_eq!(member, "Migrated");
+    assert_eq!(ch.finish().await.unwrap(), (40, 40));
+}
+
 /// A stream of the session's `Migrated` and `Closed` signals.
 async fn session_signals(conn: &zbus::Connection, path: &str) -> zbus::MessageStream {
     zbus::MessageStream::for_match_rule(

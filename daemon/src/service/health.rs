@@ -152,16 +152,24 @@ async fn announce_errors(daemon: &Arc<Daemon>) {
     }
 }
 
-/// One sample of every card in service: fatal status, then the engine log's load.
+/// One sample of every card in service: its status register (a fatal status or a removed
+/// device starts a reset), then the engine log's load.
 async fn sample_cards(daemon: &Arc<Daemon>, interval: Duration) {
     for entry in &daemon.cards {
         let state = daemon.card_state(entry.index);
         if !matches!(state, CardState::Online | CardState::Draining) {
             continue;
         }
-        if entry.card.fatal() {
-            card_fault(daemon, entry.index, "controller fatal status");
-            continue;
+        match entry.card.check_status() {
+            Ok(()) => {}
+            Err(e) if e.is_device_fault() => {
+                card_fault(daemon, entry.index, &e.to_string());
+                continue;
+            }
+            Err(e) => {
+                daemon.metrics.error("card.status");
+                tracing::debug!(card = %entry.name, error = %e, "reading the card's status failed");
+            }
         }
         if lock(&daemon.sched).card_sessions(entry.index) == 0 {
             continue;

@@ -191,9 +191,21 @@ impl Card {
         self.controller.metrics().snapshot()
     }
 
-    /// True once the controller reported a fatal status.
+    /// True once the controller reported a fatal status (seen by a command or by
+    /// [`check_status`](Self::check_status)); cleared by a successful reset.
     pub fn fatal(&self) -> bool {
         self.controller.fatal()
+    }
+
+    /// Reads the controller's status register now: a fatal status (CSTS.CFS) or a removed
+    /// device is an error, and [`fatal`](Self::fatal) is true afterwards. A controller that
+    /// failed stops completing commands, so this is how a card with nothing in flight, or
+    /// with commands not yet timed out, is found to need a reset.
+    pub fn check_status(&self) -> Result<(), CardError> {
+        match self.controller.check_status() {
+            Some(e) => Err(CardError::Nvme(e)),
+            None => Ok(()),
+        }
     }
 
     pub(super) fn dma_err(&self, source: crate::io::IoError) -> CardError {

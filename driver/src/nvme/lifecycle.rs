@@ -131,8 +131,9 @@ impl Controller {
         self.wait_ready(false).await
     }
 
-    /// Reads CSTS; records and reports a fatal controller status or a removed device.
-    pub(super) fn check_status(&self) -> Option<NvmeError> {
+    /// Reads CSTS; records and reports a fatal controller status or a removed device. One
+    /// register read: it touches no queue and waits for nothing.
+    pub fn check_status(&self) -> Option<NvmeError> {
         match self.read32(VPU_REG_CSTS) {
             Ok(u32::MAX) => {
                 self.fatal.store(true, Ordering::Relaxed);
