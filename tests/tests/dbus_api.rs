@@ -640,3 +640,35 @@ async fn changes_are_signalled() {
     assert_eq!(load, 0);
     let _ = path;
 }
+
+/// A second daemon on a bus where vpud already runs refuses to start, says why, and
+/// leaves the first one serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_bus_refuses_to_start() {
+    let d = start(1, config()).await.unwrap();
+    let opts = vpud::service::RunOptions {
+        bus: vpud::service::BusChoice::Address(d.address().to_owned()),
+        emulate: 1,
+        ready: None,
+        systemd_notify: false,
+    };
+    let second = tokio::time::timeout(
+        Duration::from_secs(30),
+        vpud::service::run(config(), opts, std::future::pending()),
+    )
+    .await
+    .expect("the second daemon gave up");
+    let e = second.unwrap_err().to_string();
+    assert!(
+        e.contains("org.vpud.Vpud1 is taken (is another vpud running?)"),
+        "{e}"
+    );
+    let conn = connect(&d).await.unwrap();
+    let (_session, fd) = create_session(&conn, &params(320, 240, 30)).await.unwrap();
+    let mut ch = Channel::open(fd).await.unwrap();
+    assert_eq!(
+        ch.encode(&synthetic_clip(320, 240, 3)).await.unwrap().len(),
+        3
+    );
+    assert_eq!(ch.finish().await.unwrap(), (3, 3));
+}

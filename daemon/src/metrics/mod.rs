@@ -131,14 +131,9 @@ impl Metrics {
         self.timing
     }
 
-    /// Creates the series of `codecs` (those the cards encode) and of the refusal
-    /// `reasons` at zero, so that they are exposed (and `rate()` works) before the first
-    /// session of each.
-    pub fn prepare<'a>(
-        &self,
-        codecs: impl IntoIterator<Item = &'static str>,
-        reasons: impl IntoIterator<Item = &'a &'static str>,
-    ) {
+    /// Creates the series of `codecs` (those the cards encode) at zero, so that they are
+    /// exposed (and `rate()` works) before the first session of each.
+    pub fn prepare_codecs(&self, codecs: impl IntoIterator<Item = &'static str>) {
         for codec in codecs {
             let label = [("codec", codec)];
             for family in [
@@ -155,6 +150,10 @@ impl Metrics {
                 drop(self.latency.get_or_create(&label));
             }
         }
+    }
+
+    /// Creates the refusal series of every `reason` (the API's error names) at zero.
+    pub fn prepare_refusals<'a>(&self, reasons: impl IntoIterator<Item = &'a &'static str>) {
         for reason in reasons {
             drop(self.refused.get_or_create(&[("reason", *reason)]));
         }

@@ -111,22 +111,8 @@ pub enum ServiceError {
     Discovery(#[from] DiscoveryError),
     #[error("no VPU cards found. Bind cards to vfio-pci (install udev/70-vpud.rules, or: echo vfio-pci > /sys/bus/pci/devices/ADDRESS/driver_override; echo ADDRESS > /sys/bus/pci/drivers_probe), or run emulated cards with --emulate N (or [emulated] count = N in the configuration)")]
     NoCards,
-    #[error("connecting to the {bus} bus failed")]
-    Connect {
-        bus: String,
-        #[source]
-        source: zbus::Error,
-    },
-    #[error("publishing the D-Bus objects failed")]
-    Serve(#[source] zbus::Error),
-    #[error("requesting the bus name {name} failed")]
-    Name {
-        name: &'static str,
-        #[source]
-        source: zbus::Error,
-    },
-    #[error("the bus name {name} is taken (is another vpud running?)")]
-    NameTaken { name: &'static str },
+    #[error(transparent)]
+    Bus(#[from] dbus::FrontendError),
     #[error(transparent)]
     Metrics(#[from] HttpError),
     #[error("the daemon stopped before it was ready")]
@@ -191,7 +177,7 @@ pub async fn run(
         .collect();
     codecs.sort_unstable();
     codecs.dedup();
-    metrics.prepare(codecs, &dbus::error::VpudError::KINDS);
+    metrics.prepare_codecs(codecs);
     let daemon = Arc::new(Daemon::new(config, cards, metrics));
     daemon.spare_channels.fill();
     let metrics_address = endpoint.as_ref().map(Endpoint::address);
@@ -200,67 +186,7 @@ pub async fn run(
         tokio::spawn(e.serve(exposition::registry(&daemon)))
     });
 
-    let (builder, address, _private) = match &opts.bus {
-        BusChoice::System => (
-            zbus::connection::Builder::system(),
-            std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
-                .unwrap_or_else(|_| "unix:path=/run/dbus/system_bus_socket".into()),
-            None,
-        ),
-        BusChoice::Session => (
-            zbus::connection::Builder::session(),
-            std::env::var("DBUS_SESSION_BUS_ADDRESS").unwrap_or_default(),
-            None,
-        ),
-        BusChoice::Private => {
-            let bus = PrivateBus::start()?;
-            let address = bus.address().to_owned();
-            (
-                zbus::connection::Builder::address(address.as_str()),
-                address,
-                Some(bus),
-            )
-        }
-        BusChoice::Address(a) => (
-            zbus::connection::Builder::address(a.as_str()),
-            a.clone(),
-            None,
-        ),
-    };
-    let bus_name = match &opts.bus {
-        BusChoice::System => "system".to_owned(),
-        BusChoice::Session => "session".to_owned(),
-        _ => address.clone(),
-    };
-    let conn = builder
-        .build()
-        .await
-        .map_err(|source| ServiceError::Connect {
-            bus: bus_name.clone(),
-            source,
-        })?;
-    daemon.set_connection(conn.clone());
-    dbus::serve_objects(&daemon, &conn)
-        .await
-        .map_err(ServiceError::Serve)?;
-    let watcher = tokio::spawn(dbus::watch_clients(Arc::clone(&daemon), conn.clone()));
-    let publisher = tokio::spawn(dbus::signals::publish(Arc::clone(&daemon)));
-    let reply = conn
-        .request_name_with_flags(dbus::BUS_NAME, zbus::fdo::RequestNameFlags::DO_NOT_QUEUE)
-        .await
-        .map_err(|source| ServiceError::Name {
-            name: dbus::BUS_NAME,
-            source,
-        })?;
-    if !matches!(
-        reply,
-        zbus::fdo::RequestNameReply::PrimaryOwner | zbus::fdo::RequestNameReply::AlreadyOwner
-    ) {
-        return Err(ServiceError::NameTaken {
-            name: dbus::BUS_NAME,
-        });
-    }
-    tracing::info!(bus = %bus_name, name = dbus::BUS_NAME, cards = daemon.cards.len(), "serving");
+    let frontend = dbus::Frontend::start(&daemon, &opts.bus).await?;
     if let Some(n) = &notifier {
         if let Err(e) = n.send("READY=1\nSTATUS=serving") {
             tracing::warn!(error = %e, "telling systemd we are ready failed");
@@ -268,7 +194,7 @@ pub async fn run(
     }
     if let Some(tx) = opts.ready {
         let _ = tx.send(Ready {
-            address: address.clone(),
+            address: frontend.address().to_owned(),
             daemon: Arc::clone(&daemon),
             metrics: metrics_address,
         });
@@ -309,10 +235,8 @@ pub async fn run(
     for s in &sessions {
         let _ = tokio::time::timeout(Duration::from_secs(5), s.wait_finished()).await;
     }
-    let _ = conn.release_name(dbus::BUS_NAME).await;
+    frontend.stop().await;
     daemon.spare_channels.clear();
-    watcher.abort();
-    publisher.abort();
     for c in &daemon.cards {
         match tokio::time::timeout(Duration::from_secs(5), c.card.shutdown()).await {
             Ok(Ok(())) => tracing::info!(card = %c.name, "card shut down"),
