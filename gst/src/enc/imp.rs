@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use gst::glib;
 use gst::glib::translate::ToGlibPtr;
@@ -148,7 +149,7 @@ impl VpuH264Enc {
             fps.0,
             fps.1
         );
-        let timeout = std::time::Duration::from_millis(u64::from(settings.timeout_ms));
+        let timeout = Duration::from_millis(u64::from(settings.timeout_ms));
         let mut active = Active::open(&rt, client, &params, &self.obj(), input.clone(), timeout)
             .map_err(|e| session_error(&e, &described))?;
         let window = usize::from(active.sender.hello().window);
@@ -284,8 +285,13 @@ impl VpuH264Enc {
             }
         };
         sent.map_err(|e| {
-            // When the daemon ended the session, the output thread has posted why.
-            if matches!(e, ClientError::ChannelEnded { .. }) || active.output.failed().is_some() {
+            // When the daemon ended the session, the output thread, reading the same
+            // channel, posts why: waiting for it keeps that the pipeline's first error.
+            let output = &active.output;
+            let ended = matches!(e, ClientError::ChannelEnded { .. });
+            if output.failed().is_some()
+                || (ended && self.unlocked(|| output.wait_failed(POSTED_WAIT)).is_some())
+            {
                 SendError::Posted
             } else {
                 SendError::Client(e)
@@ -369,6 +375,10 @@ impl VpuH264Enc {
         });
     }
 }
+
+/// How long a streaming thread that found the channel ended waits for the output thread
+/// to post why.
+const POSTED_WAIT: Duration = Duration::from_secs(2);
 
 /// Why a frame could not be sent.
 #[derive(Debug)]

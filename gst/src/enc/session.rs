@@ -8,7 +8,7 @@
 //! unanswered that long, the output thread posts an error and abandons the channel,
 //! which also wakes a streaming thread waiting for room in the window.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -33,7 +33,9 @@ pub const ARENA_BUFFER: u32 = 1;
 pub struct Output {
     /// The first failure pushing downstream or reading from the daemon; the streaming
     /// thread returns it from its next call.
-    pub flow: Mutex<Option<gst::FlowError>>,
+    flow: Mutex<Option<gst::FlowError>>,
+    /// Signalled when `flow` is set.
+    set: Condvar,
 }
 
 impl Output {
@@ -41,11 +43,23 @@ impl Output {
         *self.flow.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The failure, once the output thread recorded one (after posting why), waiting for
+    /// it at most `within`.
+    pub fn wait_failed(&self, within: Duration) -> Option<gst::FlowError> {
+        let flow = self.flow.lock().unwrap_or_else(|e| e.into_inner());
+        let (flow, _) = self
+            .set
+            .wait_timeout_while(flow, within, |f| f.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        *flow
+    }
+
     fn fail(&self, e: gst::FlowError) {
         self.flow
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get_or_insert(e);
+        self.set.notify_all();
     }
 }
 
@@ -219,8 +233,10 @@ impl OutputThread {
                         "vpud did not answer for {} ms ({in_flight} frames in flight)",
                         self.timeout.as_millis()
                     );
-                    self.monitor.abandon(why.clone());
+                    // Posted before the streaming thread, woken by the abandoned
+                    // channel, returns its error: the pipeline's first error says why.
                     self.stopped(&why);
+                    self.monitor.abandon(why);
                     return;
                 }
                 Wait::Event(Ok(ChannelEvent::FrameDone { .. })) => {}
