@@ -10,7 +10,7 @@ use std::time::Duration;
 use vpu_driver::card::CardError;
 
 use super::changes::Change;
-use super::state::{lock, Daemon};
+use super::state::{lock, CardEntry, Daemon};
 use crate::channel::proto::ErrorCode;
 use crate::scheduler::CardState;
 
@@ -153,8 +153,11 @@ async fn announce_errors(daemon: &Arc<Daemon>) {
 }
 
 /// One sample of every card in service: its status register (a fatal status or a removed
-/// device starts a reset), then the engine log's load.
+/// device starts a reset), then, for the cards with sessions, the engine log's load. The
+/// status registers are read first and the logs concurrently, so a card whose log read
+/// hangs does not delay what the others report.
 async fn sample_cards(daemon: &Arc<Daemon>, interval: Duration) {
+    let mut busy = Vec::new();
     for entry in &daemon.cards {
         let state = daemon.card_state(entry.index);
         if !matches!(state, CardState::Online | CardState::Draining) {
@@ -171,31 +174,37 @@ async fn sample_cards(daemon: &Arc<Daemon>, interval: Duration) {
                 tracing::debug!(card = %entry.name, error = %e, "reading the card's status failed");
             }
         }
-        if lock(&daemon.sched).card_sessions(entry.index) == 0 {
-            continue;
+        if lock(&daemon.sched).card_sessions(entry.index) > 0 {
+            busy.push(entry);
         }
-        match tokio::time::timeout(interval, entry.card.engine_log()).await {
-            Ok(Ok(engines)) => {
-                let measured: u64 = engines.iter().map(|e| u64::from(e.load)).sum();
-                let changed = {
-                    let mut s = lock(&daemon.sched);
-                    let before = s.card_load(entry.index);
-                    s.set_measured(entry.index, measured);
-                    before != s.card_load(entry.index)
-                };
-                if changed {
-                    daemon.changes.card(entry.index);
-                }
+    }
+    futures_util::future::join_all(busy.into_iter().map(|e| sample_load(daemon, e, interval)))
+        .await;
+}
+
+/// Reads `entry`'s engine log (within `interval`) into the scheduler's measured load.
+async fn sample_load(daemon: &Arc<Daemon>, entry: &CardEntry, interval: Duration) {
+    match tokio::time::timeout(interval, entry.card.engine_log()).await {
+        Ok(Ok(engines)) => {
+            let measured: u64 = engines.iter().map(|e| u64::from(e.load)).sum();
+            let changed = {
+                let mut s = lock(&daemon.sched);
+                let before = s.card_load(entry.index);
+                s.set_measured(entry.index, measured);
+                before != s.card_load(entry.index)
+            };
+            if changed {
+                daemon.changes.card(entry.index);
             }
-            Ok(Err(e)) if e.is_device_fault() => card_fault(daemon, entry.index, &e.to_string()),
-            Ok(Err(e)) => {
-                daemon.metrics.error("card.engine-log");
-                tracing::debug!(card = %entry.name, error = %e, "reading the engine log failed");
-            }
-            Err(_) => {
-                daemon.metrics.error("card.engine-log");
-                tracing::debug!(card = %entry.name, "reading the engine log timed out");
-            }
+        }
+        Ok(Err(e)) if e.is_device_fault() => card_fault(daemon, entry.index, &e.to_string()),
+        Ok(Err(e)) => {
+            daemon.metrics.error("card.engine-log");
+            tracing::debug!(card = %entry.name, error = %e, "reading the engine log failed");
+        }
+        Err(_) => {
+            daemon.metrics.error("card.engine-log");
+            tracing::debug!(card = %entry.name, "reading the engine log timed out");
         }
     }
 }
