@@ -258,10 +258,34 @@ async fn card_administration_needs_root_or_polkit() {
 async fn stopping_the_daemon_tells_every_session() {
     let d = start(1, Config::default()).await.unwrap();
     let conn = connect(&d).await.unwrap();
-    let (_path, fd) = create_session(&conn, &params(320, 240, 30)).await.unwrap();
+    let (path, fd) = create_session(&conn, &params(320, 240, 30)).await.unwrap();
+    let mut closed = zbus::MessageStream::for_match_rule(
+        zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .interface(SESSION)
+            .member("Closed")
+            .path(path.as_str())
+            .build()
+            .unwrap(),
+        &conn,
+        None,
+    )
+    .await
+    .unwrap();
     let ch = Channel::open(fd).await.unwrap();
     let emu = d.daemon().cards[0].emulator.clone().unwrap();
     d.stop().await.unwrap();
+    // The session's Closed signal went out before the daemon left the bus.
+    let m = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures_util::StreamExt::next(&mut closed),
+    )
+    .await
+    .expect("Closed before the daemon stopped")
+    .unwrap()
+    .unwrap();
+    let reason: String = m.body().deserialize().unwrap();
+    assert!(reason.contains("the daemon is stopping"), "{reason}");
     match ch.recv().await.unwrap() {
         Some(vpud::channel::proto::DaemonRecord::Error { code, .. }) => {
             assert_eq!(code, vpud::channel::proto::ErrorCode::Shutdown as u32)

@@ -28,6 +28,9 @@ use error::VpudError;
 /// The well-known bus name.
 pub const BUS_NAME: &str = "org.vpud.Vpud1";
 
+/// How long stopping waits for the last change signals to go out.
+const PUBLISH_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Why the daemon could not go on its bus.
 #[derive(Debug, thiserror::Error)]
 pub enum FrontendError {
@@ -60,6 +63,7 @@ pub struct Frontend {
     address: String,
     watcher: JoinHandle<zbus::Result<()>>,
     publisher: JoinHandle<()>,
+    stop_publishing: tokio::sync::watch::Sender<bool>,
     /// The bus itself, when the daemon started its own (`--bus private`).
     _private: Option<PrivateBus>,
 }
@@ -113,12 +117,14 @@ impl Frontend {
             .await
             .map_err(FrontendError::Serve)?;
         let watcher = tokio::spawn(watch_clients(Arc::clone(daemon), conn.clone()));
-        let publisher = tokio::spawn(signals::publish(Arc::clone(daemon)));
+        let (stop_publishing, stop) = tokio::sync::watch::channel(false);
+        let publisher = tokio::spawn(signals::publish(Arc::clone(daemon), stop));
         let frontend = Frontend {
             conn,
             address,
             watcher,
             publisher,
+            stop_publishing,
             _private: private,
         };
         let reply = frontend
@@ -148,12 +154,18 @@ impl Frontend {
         &self.address
     }
 
-    /// Gives up the bus name and stops watching and announcing (the sessions were closed
-    /// first, so their `Closed` signals went out).
-    pub async fn stop(self) {
+    /// Announces what is still recorded (the caller closed the sessions first, so their
+    /// `Closed` signals go out), then gives up the bus name and stops watching.
+    pub async fn stop(mut self) {
+        self.stop_publishing.send_replace(true);
+        if tokio::time::timeout(PUBLISH_DRAIN, &mut self.publisher)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the last change signals were not all sent");
+        }
         let _ = self.conn.release_name(BUS_NAME).await;
         self.watcher.abort();
-        self.publisher.abort();
     }
 }
 

@@ -310,11 +310,19 @@ async fn announce(daemon: &Daemon, change: Change) {
 /// Announces what the daemon records in `service::changes` until the daemon stops: events
 /// at once and in order; changed figures (card load and sessions, the Manager's sessions,
 /// load and capacity) after [`COALESCE`], one signal per object for a burst.
-pub async fn publish(daemon: Arc<Daemon>) {
+/// Once `stop` turns true, what is still recorded (the `Closed` of the sessions the daemon
+/// ended on its way out) is announced, and publishing ends.
+pub async fn publish(daemon: Arc<Daemon>, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
-        daemon.changes.notify.notified().await;
+        let stopping = tokio::select! {
+            _ = daemon.changes.notify.notified() => false,
+            _ = stop.wait_for(|s| *s) => true,
+        };
         for change in daemon.changes.take_events() {
             announce(&daemon, change).await;
+        }
+        if stopping {
+            return;
         }
         if !daemon.changes.figures_pending() {
             continue;
