@@ -121,6 +121,23 @@ where
     T::try_from(v).map_err(|e| anyhow!("property {iface}.{name}: {e}"))
 }
 
+/// The signals of session `path` named `member` (`Closed`, `Migrated`), or all of its
+/// signals.
+pub async fn session_signals(
+    conn: &Connection,
+    path: &str,
+    member: Option<&str>,
+) -> Result<zbus::MessageStream> {
+    let mut rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .interface(SESSION)
+        .path(path);
+    if let Some(m) = member {
+        rule = rule.member(m);
+    }
+    Ok(zbus::MessageStream::for_match_rule(rule.build()?, conn, None).await?)
+}
+
 /// Calls a method with no arguments on a session.
 pub async fn session_call(conn: &Connection, path: &str, method: &str) -> zbus::Result<()> {
     conn.call_method(Some(BUS_NAME), path, Some(SESSION), method, &())

@@ -236,19 +236,9 @@ async fn a_card_fault_moves_an_av1_session_to_another_av1_engine() {
         .await
         .unwrap();
     assert_eq!(card.as_str(), "/org/vpud/Vpud1/card/1");
-    let mut migrated = zbus::MessageStream::for_match_rule(
-        zbus::MatchRule::builder()
-            .msg_type(zbus::message::Type::Signal)
-            .interface(SESSION)
-            .member("Migrated")
-            .path(path.as_str())
-            .build()
-            .unwrap(),
-        &conn,
-        None,
-    )
-    .await
-    .unwrap();
+    let mut migrated = session_signals(&conn, path.as_str(), Some("Migrated"))
+        .await
+        .unwrap();
     let clip = synthetic_clip(w, h, 30);
     let mut ch = Channel::open(fd).await.unwrap();
     let mut packets = ch.encode(&clip[..10]).await.unwrap();

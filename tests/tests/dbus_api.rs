@@ -415,19 +415,9 @@ async fn closing_the_channel_closes_the_session() {
         // The driver's buffer pools keep what they grew to; the session's own mapping (its
         // frame memfd) must go with it.
         let open_mappings = emu.dma_mappings();
-        let mut closed = zbus::MessageStream::for_match_rule(
-            zbus::MatchRule::builder()
-                .msg_type(zbus::message::Type::Signal)
-                .interface(SESSION)
-                .member("Closed")
-                .path(path.as_str())
-                .build()
-                .unwrap(),
-            &conn,
-            None,
-        )
-        .await
-        .unwrap();
+        let mut closed = session_signals(&conn, path.as_str(), Some("Closed"))
+            .await
+            .unwrap();
         drop(ch);
         let took = eventually(Duration::from_secs(1), || async {
             let s: Vec<OwnedObjectPath> = property(&conn, ROOT, MANAGER, "Sessions").await?;

@@ -80,19 +80,9 @@ async fn survives(kind: &str, opts: HashMap<String, OwnedVariant>, final_state: 
         .await
         .unwrap();
     assert_eq!(card.as_str(), "/org/vpud/Vpud1/card/0");
-    let mut migrated = zbus::MessageStream::for_match_rule(
-        zbus::MatchRule::builder()
-            .msg_type(zbus::message::Type::Signal)
-            .interface(SESSION)
-            .member("Migrated")
-            .path(path.as_str())
-            .build()
-            .unwrap(),
-        &conn,
-        None,
-    )
-    .await
-    .unwrap();
+    let mut migrated = session_signals(&conn, path.as_str(), Some("Migrated"))
+        .await
+        .unwrap();
     let mut ch = Channel::open(fd).await.unwrap();
     encode_through(&conn, &mut ch, kind, opts).await;
     let signal = tokio::time::timeout(Duration::from_secs(5), migrated.next())
@@ -194,7 +184,7 @@ async fn a_session_leaves_a_failed_card_before_its_commands_time_out() {
         .await
         .unwrap();
     assert_eq!(card.as_str(), "/org/vpud/Vpud1/card/0");
-    let mut signals = session_signals(&conn, path.as_str()).await;
+    let mut signals = session_signals(&conn, path.as_str(), None).await.unwrap();
     let mut ch = Channel::open(fd).await.unwrap();
     tokio::time::timeout(
         Duration::from_secs(30),
@@ -205,22 +195,6 @@ async fn a_session_leaves_a_failed_card_before_its_commands_time_out() {
     let (member, _) = next_signal(&mut signals).await;
     assert_eq!(member, "Migrated");
     assert_eq!(ch.finish().await.unwrap(), (40, 40));
-}
-
-/// A stream of the session's `Migrated` and `Closed` signals.
-async fn session_signals(conn: &zbus::Connection, path: &str) -> zbus::MessageStream {
-    zbus::MessageStream::for_match_rule(
-        zbus::MatchRule::builder()
-            .msg_type(zbus::message::Type::Signal)
-            .interface(SESSION)
-            .path(path)
-            .build()
-            .unwrap(),
-        conn,
-        None,
-    )
-    .await
-    .unwrap()
 }
 
 async fn next_signal(stream: &mut zbus::MessageStream) -> (String, zbus::Message) {
@@ -238,7 +212,7 @@ async fn returns_after_the_reset(kind: &str) {
     let d = start(1, config()).await.unwrap();
     let conn = connect(&d).await.unwrap();
     let (path, fd) = create_session(&conn, &params(320, 240, 30)).await.unwrap();
-    let mut signals = session_signals(&conn, path.as_str()).await;
+    let mut signals = session_signals(&conn, path.as_str(), None).await.unwrap();
     let mut ch = Channel::open(fd).await.unwrap();
     let packets = encode_through(&conn, &mut ch, kind, HashMap::new()).await;
     assert!(
@@ -279,7 +253,7 @@ async fn with_no_other_card_and_a_failed_reset_the_session_ends_with_card_failed
     let d = start(1, config()).await.unwrap();
     let conn = connect(&d).await.unwrap();
     let (path, fd) = create_session(&conn, &params(320, 240, 30)).await.unwrap();
-    let mut signals = session_signals(&conn, path.as_str()).await;
+    let mut signals = session_signals(&conn, path.as_str(), None).await.unwrap();
     let mut ch = Channel::open(fd).await.unwrap();
     let clip = synthetic_clip(320, 240, 10);
     ch.encode(&clip[..5]).await.unwrap();

@@ -259,19 +259,9 @@ async fn stopping_the_daemon_tells_every_session() {
     let d = start(1, Config::default()).await.unwrap();
     let conn = connect(&d).await.unwrap();
     let (path, fd) = create_session(&conn, &params(320, 240, 30)).await.unwrap();
-    let mut closed = zbus::MessageStream::for_match_rule(
-        zbus::MatchRule::builder()
-            .msg_type(zbus::message::Type::Signal)
-            .interface(SESSION)
-            .member("Closed")
-            .path(path.as_str())
-            .build()
-            .unwrap(),
-        &conn,
-        None,
-    )
-    .await
-    .unwrap();
+    let mut closed = session_signals(&conn, path.as_str(), Some("Closed"))
+        .await
+        .unwrap();
     let ch = Channel::open(fd).await.unwrap();
     let emu = d.daemon().cards[0].emulator.clone().unwrap();
     d.stop().await.unwrap();
