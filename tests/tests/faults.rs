@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -70,16 +71,22 @@ async fn encode_through(
     packets
 }
 
+/// A 320x240 session, placed on card 0 (the first of the free cards).
+async fn session_on_card_0(conn: &zbus::Connection) -> (OwnedObjectPath, OwnedFd) {
+    let (path, fd) = create_session(conn, &params(320, 240, 30)).await.unwrap();
+    let card: OwnedObjectPath = property(conn, path.as_str(), SESSION, "Card")
+        .await
+        .unwrap();
+    assert_eq!(card.as_str(), "/org/vpud/Vpud1/card/0");
+    (path, fd)
+}
+
 /// Encodes 40 frames on card 0, injecting `kind` after 10; checks the session moved to
 /// card 1 with every frame delivered once, and card 0 ends in `final_state`.
 async fn survives(kind: &str, opts: HashMap<String, OwnedVariant>, final_state: &str) {
     let d = start(2, config()).await.unwrap();
     let conn = connect(&d).await.unwrap();
-    let (path, fd) = create_session(&conn, &params(320, 240, 30)).await.unwrap();
-    let card: OwnedObjectPath = property(&conn, path.as_str(), SESSION, "Card")
-        .await
-        .unwrap();
-    assert_eq!(card.as_str(), "/org/vpud/Vpud1/card/0");
+    let (path, fd) = session_on_card_0(&conn).await;
     let mut migrated = session_signals(&conn, path.as_str(), Some("Migrated"))
         .await
         .unwrap();
@@ -179,11 +186,7 @@ async fn an_idle_cards_fatal_status_is_found_and_the_card_reset() {
 async fn a_session_leaves_a_failed_card_before_its_commands_time_out() {
     let d = start(2, monitored()).await.unwrap();
     let conn = connect(&d).await.unwrap();
-    let (path, fd) = create_session(&conn, &params(320, 240, 30)).await.unwrap();
-    let card: OwnedObjectPath = property(&conn, path.as_str(), SESSION, "Card")
-        .await
-        .unwrap();
-    assert_eq!(card.as_str(), "/org/vpud/Vpud1/card/0");
+    let (path, fd) = session_on_card_0(&conn).await;
     let mut signals = session_signals(&conn, path.as_str(), None).await.unwrap();
     let mut ch = Channel::open(fd).await.unwrap();
     tokio::time::timeout(
